@@ -1,0 +1,76 @@
+# Tradeplane — the two commands a new user needs are `make run` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PORT ?= 8000
+HOST ?= 127.0.0.1
+VENV := .venv
+PY := $(VENV)/bin/python
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+# uv comes from PATH when present, else it is bootstrapped once into .uv/ with pip.
+UV := $(or $(shell command -v uv 2>/dev/null),.uv/bin/uv)
+
+# Django 6 needs Python >= 3.12. Look on PATH first, then in pyenv's versions.
+define FIND_PYTHON
+for c in $${PYTHON:-} python3.14 python3.13 python3.12 python3 \
+         $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.1[2-9]*/bin/python 2>/dev/null | sort -rV); do \
+  p=$$(command -v $$c 2>/dev/null) || continue; \
+  $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { echo $$p; exit 0; }; \
+done; exit 1
+endef
+BASE_PYTHON = $(shell $(FIND_PYTHON))
+
+# Test services: real PostgreSQL and Redis (override with DATABASE_URL / REDIS_URL).
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/tradeplane
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
+
+.PHONY: help install install-dev run test lint typecheck pytest check-services bench-mint clean
+
+help:
+	@echo "make run         install, migrate, seed the demo and serve on http://$(HOST):$(PORT)"
+	@echo "make test        lint, type-check and run every test against PostgreSQL and Redis"
+	@echo "make bench-mint  benchmark POST /auth/tokens/user"
+
+$(UV):
+	@py="$(BASE_PYTHON)"; if [ -z "$$py" ]; then echo "error: Python >= 3.12 not found (set PYTHON=/path/to/python3.12)" >&2; exit 1; fi; \
+	$$py -m venv .uv && .uv/bin/pip install --quiet uv
+
+# A stamp per dependency set so that `make run` never reinstalls needlessly.
+$(VENV)/.installed-%: pyproject.toml uv.lock | $(UV)
+	@py="$(BASE_PYTHON)"; if [ -z "$$py" ]; then echo "error: Python >= 3.12 not found (set PYTHON=/path/to/python3.12)" >&2; exit 1; fi; \
+	$(UV) sync --locked --python "$$py" $(if $(filter dev,$*),,--no-dev) --quiet
+	@rm -f $(VENV)/.installed-*; touch $@
+
+install: $(VENV)/.installed-prod
+install-dev: $(VENV)/.installed-dev
+
+run: install
+	$(PY) manage.py migrate --no-input
+	$(PY) manage.py seed_demo
+	$(PY) -m uvicorn controlplane.asgi:application --host $(HOST) --port $(PORT) --no-access-log
+
+check-services: install-dev
+	@DATABASE_URL="$${DATABASE_URL:-$(TEST_DATABASE_URL)}" REDIS_URL="$${REDIS_URL:-$(TEST_REDIS_URL)}" \
+	  $(PY) -m tests.services
+
+lint: install-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install-dev
+	$(VENV)/bin/mypy .
+
+pytest: check-services
+	DATABASE_URL="$${DATABASE_URL:-$(TEST_DATABASE_URL)}" REDIS_URL="$${REDIS_URL:-$(TEST_REDIS_URL)}" \
+	  $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+bench-mint: check-services
+	DATABASE_URL="$${DATABASE_URL:-$(TEST_DATABASE_URL)}_bench" REDIS_URL="$${REDIS_URL:-$(TEST_REDIS_URL)}" \
+	  $(PY) -m bench.bench_mint
+
+clean:
+	rm -rf $(VENV) .uv var .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,223 @@
+"""The REST API for platforms (django-ninja). Endpoints only parse, authenticate and call
+a service; every error leaves through `render_error` in one JSON shape."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from uuid import UUID
+
+from django.http import HttpRequest, HttpResponse
+from ninja import Header, NinjaAPI, Router
+from ninja.errors import AuthenticationError, ValidationError
+from ninja.security import APIKeyHeader
+
+from audit.events import Actor
+from controlplane.accesstokens import jwks
+from controlplane.authn import authenticate_platform
+from controlplane.errors import ControlPlaneError, InvalidArgument, InvalidCredentials, NotFound
+from controlplane.models import BrokerConnection, EndUser, Platform
+from controlplane.schemas import (
+    ConnectionIn,
+    ConnectionOut,
+    ErrorOut,
+    MintIn,
+    NewUserOut,
+    RevokedOut,
+    RevokeIn,
+    TokenOut,
+    UserIn,
+    UserOut,
+)
+from controlplane.services import connections, tokens, users
+
+api = NinjaAPI(
+    title="Tradeplane API",
+    version="1",
+    description=(
+        "Platform API: register end users, connect their brokerage accounts and mint "
+        "short-lived MCP access tokens. Authenticate with the `client-id` and "
+        "`client-secret` headers."
+    ),
+    docs_url="/api/docs",
+    openapi_url="/api/openapi.json",
+    urls_namespace="api",
+)
+
+
+def render_error(request: HttpRequest, error: ControlPlaneError) -> HttpResponse:
+    response = api.create_response(
+        request, {"error": {"code": error.code, "message": error.message}}, status=error.status
+    )
+    for name, value in error.headers().items():
+        response[name] = value
+    return response
+
+
+@api.exception_handler(ControlPlaneError)
+def on_domain_error(request: HttpRequest, exc: ControlPlaneError) -> HttpResponse:
+    return render_error(request, exc)
+
+
+@api.exception_handler(ValidationError)
+def on_validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err.get('loc', ())[1:]) or 'body'}: {err.get('msg', '')}"
+        for err in exc.errors
+    )
+    return render_error(request, InvalidArgument(problems or "invalid request"))
+
+
+@api.exception_handler(AuthenticationError)
+def on_auth_error(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    return render_error(request, InvalidCredentials())
+
+
+class PlatformCredentials(APIKeyHeader):
+    """`client-id` and `client-secret` headers -> the authenticated Platform.
+
+    A missing header is a bad credential like any other: the same 401."""
+
+    param_name = "client-secret"
+
+    def __call__(self, request: HttpRequest) -> Platform:
+        return self.authenticate(request, request.headers.get("client-secret"))
+
+    def authenticate(self, request: HttpRequest, key: str | None) -> Platform:
+        return authenticate_platform(request.headers.get("client-id", ""), key or "")
+
+
+def _platform(request: HttpRequest) -> Platform:
+    platform: Platform = request.auth  # type: ignore[attr-defined]
+    return platform
+
+
+ERRORS: dict[int, Any] = {401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut,
+                          422: ErrorOut, 429: ErrorOut, 503: ErrorOut}
+
+auth_router = Router(tags=["tokens"])
+platform_router = Router(tags=["users and connections"], auth=PlatformCredentials())
+
+
+@auth_router.post("/tokens/user", response={200: TokenOut, **ERRORS})
+def mint_user_token(
+    request: HttpRequest,
+    body: MintIn,
+    client_id: Annotated[str, Header(alias="client-id")] = "",
+    client_secret: Annotated[str, Header(alias="client-secret")] = "",
+    user_id: Annotated[str, Header(alias="user-id")] = "",
+    user_secret: Annotated[str, Header(alias="user-secret")] = "",
+) -> TokenOut:
+    """Mint a 1-hour access token for one end user, for exactly the scopes asked for."""
+    minted = tokens.mint_user_token(
+        client_id=client_id,
+        client_secret=client_secret,
+        user_id=user_id,
+        user_secret=user_secret,
+        scopes=frozenset(body.scopes),
+    )
+    return TokenOut(
+        access_token=minted.access_token,
+        expires_in=minted.expires_in,
+        scopes=sorted(minted.scopes),  # type: ignore[arg-type]
+    )
+
+
+@auth_router.post("/tokens/revoke", response={200: RevokedOut, **ERRORS},
+                  auth=PlatformCredentials())
+def revoke_token(request: HttpRequest, body: RevokeIn) -> RevokedOut:
+    """Revoke one of the platform's tokens by `jti` or by the token itself. Takes effect on
+    the token's next request."""
+    platform = _platform(request)
+    issued = tokens.revoke_token(
+        platform, jti=body.jti, token=body.token, actor=Actor.platform(platform.client_id)
+    )
+    return RevokedOut(jti=issued.jti, revoked=issued.is_revoked, revoked_at=issued.revoked_at)
+
+
+def _user_out(user: EndUser) -> dict[str, Any]:
+    return {
+        "user_id": user.user_id,
+        "active": user.is_active,
+        "scopes": sorted(user.scopes),
+        "created_at": user.created_at,
+    }
+
+
+def _live_user(platform: Platform, user_id: str) -> EndUser:
+    user = EndUser.objects.live().filter(platform=platform, user_id=user_id).first()
+    if user is None:
+        raise NotFound(f"no user {user_id!r}")
+    return user
+
+
+@platform_router.post("/users", response={201: NewUserOut, **ERRORS})
+def create_user(request: HttpRequest, body: UserIn) -> tuple[int, dict[str, Any]]:
+    """Register an end user. The `user_secret` is returned here once and never again."""
+    platform = _platform(request)
+    created = users.create_end_user(
+        platform,
+        user_id=body.user_id,
+        scopes=frozenset(body.scopes) if body.scopes is not None else None,
+        actor=Actor.platform(platform.client_id),
+    )
+    return 201, {**_user_out(created.end_user), "user_secret": created.user_secret}
+
+
+@platform_router.get("/users/{user_id}", response={200: UserOut, **ERRORS})
+def get_user(request: HttpRequest, user_id: str) -> dict[str, Any]:
+    return _user_out(_live_user(_platform(request), user_id))
+
+
+@platform_router.delete("/users/{user_id}", response={204: None, **ERRORS})
+def delete_user(request: HttpRequest, user_id: str) -> tuple[int, None]:
+    """Delete an end user: its tokens and broker connections are revoked at once."""
+    platform = _platform(request)
+    users.delete_end_user(_live_user(platform, user_id), actor=Actor.platform(platform.client_id))
+    return 204, None
+
+
+@platform_router.post("/users/{user_id}/connections", response={201: ConnectionOut, **ERRORS})
+def create_connection(
+    request: HttpRequest, user_id: str, body: ConnectionIn
+) -> tuple[int, BrokerConnection]:
+    """Connect a brokerage account. Trading stays off until an operator grants it."""
+    platform = _platform(request)
+    connection = connections.create_connection(
+        _live_user(platform, user_id),
+        broker=body.broker,
+        environment=body.environment,
+        trading_requested=body.trading_requested,
+        actor=Actor.platform(platform.client_id),
+    )
+    return 201, connection
+
+
+@platform_router.get("/users/{user_id}/connections", response={200: list[ConnectionOut], **ERRORS})
+def list_connections(request: HttpRequest, user_id: str) -> list[BrokerConnection]:
+    user = _live_user(_platform(request), user_id)
+    return list(user.connections.exclude(status=BrokerConnection.Status.REVOKED))
+
+
+@platform_router.delete("/connections/{connection_id}", response={204: None, **ERRORS})
+def delete_connection(request: HttpRequest, connection_id: UUID) -> tuple[int, None]:
+    platform = _platform(request)
+    connection = (
+        BrokerConnection.objects.select_related("end_user__platform")
+        .filter(pk=connection_id, end_user__platform=platform, end_user__deleted_at__isnull=True)
+        .exclude(status=BrokerConnection.Status.REVOKED)
+        .first()
+    )
+    if connection is None:
+        raise NotFound("no such connection")
+    connections.revoke_connection(connection, actor=Actor.platform(platform.client_id))
+    return 204, None
+
+
+@api.get("/.well-known/jwks.json", tags=["tokens"], include_in_schema=True)
+def jwks_document(request: HttpRequest) -> dict[str, Any]:
+    """Public keys that verify access tokens (signing key first)."""
+    return jwks()
+
+
+api.add_router("/auth", auth_router)
+api.add_router("/v1", platform_router)

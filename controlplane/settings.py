@@ -1,0 +1,239 @@
+"""Tradeplane settings, read from the environment.
+
+Defaults give the embedded mode (SQLite under var/, no Redis, keys generated into var/).
+With TRADEPLANE_ENV=production every secret must come from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from controlplane.config import (
+    EmbeddedSecrets,
+    b64decode,
+    env_bool,
+    env_choice,
+    env_int,
+    env_str,
+    parse_base_url,
+    parse_keyring,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("TRADEPLANE_VAR_DIR") or BASE_DIR / "var")
+
+TRADEPLANE_ENV = env_choice("TRADEPLANE_ENV", "development", ("development", "production"))
+PRODUCTION = TRADEPLANE_ENV == "production"
+DEBUG = env_bool("TRADEPLANE_DEBUG", False)
+if PRODUCTION and DEBUG:
+    raise ImproperlyConfigured("TRADEPLANE_DEBUG must be off when TRADEPLANE_ENV=production")
+
+# ---- Secrets and keys --------------------------------------------------------------------
+# In production each comes from the environment (or NAME_FILE); elsewhere a missing one is
+# taken from var/secrets.json, generated on first start.
+_embedded: dict[str, str] = {}
+
+
+def _secret(name: str) -> str:
+    value = env_str(name)
+    if value:
+        return value
+    if PRODUCTION:
+        raise ImproperlyConfigured(f"{name} must be set when TRADEPLANE_ENV=production")
+    if not _embedded:
+        _embedded.update(EmbeddedSecrets(VAR_DIR / "secrets.json").load())
+    return _embedded[name]
+
+
+SECRET_KEY = _secret("SECRET_KEY")
+if len(SECRET_KEY) < 32:
+    raise ImproperlyConfigured("SECRET_KEY must be at least 32 characters")
+
+# Ed25519 private keys (32-byte seeds) for access tokens; the first signs, all verify.
+TRADEPLANE_JWT_KEYS = parse_keyring(
+    "TRADEPLANE_JWT_KEYS", _secret("TRADEPLANE_JWT_KEYS"), key_length=32
+)
+# AES-256-GCM keys for broker credentials; the first encrypts, all decrypt.
+TRADEPLANE_ENCRYPTION_KEYS = parse_keyring(
+    "TRADEPLANE_ENCRYPTION_KEYS", _secret("TRADEPLANE_ENCRYPTION_KEYS"), key_length=32
+)
+try:
+    TRADEPLANE_HASH_KEY = b64decode(_secret("TRADEPLANE_HASH_KEY"))
+except ValueError:
+    raise ImproperlyConfigured("TRADEPLANE_HASH_KEY must be base64url") from None
+if len(TRADEPLANE_HASH_KEY) < 32:
+    raise ImproperlyConfigured("TRADEPLANE_HASH_KEY must decode to at least 32 bytes")
+
+# ---- Public URL and tokens ---------------------------------------------------------------
+TRADEPLANE_PUBLIC_URL = parse_base_url(
+    "TRADEPLANE_PUBLIC_URL",
+    env_str("TRADEPLANE_PUBLIC_URL") or f"http://127.0.0.1:{os.environ.get('PORT', '8000')}",
+    require_https=PRODUCTION,
+)
+# The canonical resource URL (no trailing slash) is the JWT audience; the base URL its issuer.
+TRADEPLANE_MCP_URL = f"{TRADEPLANE_PUBLIC_URL}/mcp"
+TRADEPLANE_TOKEN_TTL_SECONDS = env_int(
+    "TRADEPLANE_TOKEN_TTL_SECONDS", 3600, minimum=60, maximum=86400
+)
+TRADEPLANE_TOKEN_LEEWAY_SECONDS = 60
+# Failed credential checks per client id before 429, and the window they are counted in.
+TRADEPLANE_AUTH_FAILURE_LIMIT = env_int("TRADEPLANE_AUTH_FAILURE_LIMIT", 10, minimum=1, maximum=10_000)
+TRADEPLANE_AUTH_FAILURE_WINDOW_SECONDS = env_int(
+    "TRADEPLANE_AUTH_FAILURE_WINDOW_SECONDS", 300, minimum=1, maximum=86400
+)
+
+# ---- Django ------------------------------------------------------------------------------
+_public_host = urlsplit(TRADEPLANE_PUBLIC_URL).hostname or "127.0.0.1"
+ALLOWED_HOSTS = [
+    host.strip()
+    for host in (env_str("TRADEPLANE_ALLOWED_HOSTS") or f"{_public_host},127.0.0.1,localhost").split(",")
+    if host.strip()
+]
+CSRF_TRUSTED_ORIGINS = [TRADEPLANE_PUBLIC_URL]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "controlplane",
+    "audit",
+    "brokers",
+    "mcp_bridge",
+]
+
+MIDDLEWARE = [
+    "controlplane.requestid.RequestIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "controlplane.urls"
+ASGI_APPLICATION = "controlplane.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASE_URL = env_str("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'tradeplane.sqlite3'}"
+try:
+    _database = dict(dj_database_url.parse(DATABASE_URL, conn_max_age=0))
+except ValueError as exc:
+    raise ImproperlyConfigured(f"DATABASE_URL is not a supported database URL: {exc}") from exc
+if _database["ENGINE"] == "django.db.backends.sqlite3":
+    Path(_database["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    # IMMEDIATE takes SQLite's write lock when a transaction begins, so concurrent writers
+    # queue instead of failing halfway (the audit chain depends on it).
+    _database["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+elif _database["ENGINE"] == "django.db.backends.postgresql":
+    _database.setdefault("OPTIONS", {})
+    _database["OPTIONS"].setdefault("connect_timeout", 5)
+    _database["TEST"] = {"NAME": f"test_{_database['NAME']}"}
+else:
+    raise ImproperlyConfigured("DATABASE_URL must be a postgres:// or sqlite:// URL")
+DATABASES = {"default": _database}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Unset = embedded mode: in-process rate limits and revocation checks in the database only.
+REDIS_URL = env_str("REDIS_URL") or None
+if REDIS_URL and urlsplit(REDIS_URL).scheme not in ("redis", "rediss", "unix"):
+    raise ImproperlyConfigured("REDIS_URL must be a redis://, rediss:// or unix:// URL")
+# Every Redis call on a request path is bounded by these (seconds).
+TRADEPLANE_REDIS_TIMEOUT = 0.5
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+# Serve admin assets straight from the app directories unless collectstatic was run.
+WHITENOISE_USE_FINDERS = not PRODUCTION
+
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = TRADEPLANE_PUBLIC_URL.startswith("https://")
+SESSION_COOKIE_HTTPONLY = True
+if env_bool("TRADEPLANE_BEHIND_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# Request bodies (REST and MCP) above this are refused.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int(
+    "TRADEPLANE_MAX_BODY_BYTES", 256 * 1024, minimum=1024, maximum=16 * 1024 * 1024
+)
+
+# ---- Logging: JSON lines on stderr, secrets redacted -------------------------------------
+LOG_LEVEL = env_choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"))
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {
+        "redact": {"()": "controlplane.logs.RedactSecretsFilter"},
+        "request_id": {"()": "controlplane.logs.RequestIdFilter"},
+    },
+    "formatters": {
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        },
+    },
+    "handlers": {
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stderr",
+            "formatter": "json",
+            "filters": ["request_id", "redact"],
+        },
+    },
+    "root": {"handlers": ["stderr"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        "uvicorn.access": {"level": "WARNING"},
+    },
+}
+
+# ---- Celery ------------------------------------------------------------------------------
+CELERY_BROKER_URL = REDIS_URL or "memory://"
+CELERY_TASK_ALWAYS_EAGER = REDIS_URL is None
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_SOFT_TIME_LIMIT = 60
+CELERY_TASK_TIME_LIMIT = 90
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600, "socket_timeout": 2}
