@@ -59,7 +59,10 @@ class Principal:
 
 @cache
 def _private_keys() -> dict[str, Ed25519PrivateKey]:
-    return {kid: Ed25519PrivateKey.from_private_bytes(seed) for kid, seed in settings.TRADEPLANE_JWT_KEYS}
+    return {
+        kid: Ed25519PrivateKey.from_private_bytes(seed)
+        for kid, seed in settings.TRADEPLANE_JWT_KEYS
+    }
 
 
 @cache
@@ -94,7 +97,13 @@ def jwks() -> dict[str, list[dict[str, str]]]:
 
 
 def encode_access_token(
-    *, jti: str, user_id: str, client_id: str, scopes: frozenset[str], issued_at: int, expires_at: int
+    *,
+    jti: str,
+    user_id: str,
+    client_id: str,
+    scopes: frozenset[str],
+    issued_at: int,
+    expires_at: int,
 ) -> tuple[str, str]:
     """Sign a token; returns it with the id of the key that signed it."""
     kid = signing_key_id()
@@ -122,7 +131,9 @@ def decode_access_token(token: str, *, verify_exp: bool = True) -> dict[str, Any
     header_segment, payload_segment, _ = token.split(".")
     header = _strict_json(header_segment, "header")
     if set(header) - ALLOWED_HEADER_FIELDS:
-        raise TokenRejected(f"unexpected header fields {sorted(set(header) - ALLOWED_HEADER_FIELDS)}")
+        raise TokenRejected(
+            f"unexpected header fields {sorted(set(header) - ALLOWED_HEADER_FIELDS)}"
+        )
     if header.get("alg") != ALGORITHM:
         raise TokenRejected("algorithm not allowed")
     if header.get("typ") != TOKEN_TYPE:
@@ -141,7 +152,11 @@ def decode_access_token(token: str, *, verify_exp: bool = True) -> dict[str, Any
             audience=settings.TRADEPLANE_MCP_URL,
             issuer=settings.TRADEPLANE_PUBLIC_URL,
             leeway=settings.TRADEPLANE_TOKEN_LEEWAY_SECONDS,
-            options={"require": list(REQUIRED_CLAIMS), "strict_aud": True, "verify_exp": verify_exp},
+            options={
+                "require": list(REQUIRED_CLAIMS),
+                "strict_aud": True,
+                "verify_exp": verify_exp,
+            },
         )
     except jwt.ExpiredSignatureError:
         raise TokenRejected("expired") from None
@@ -157,11 +172,7 @@ def verify_access_token(token: str) -> Principal:
     jti = claims["jti"]
     if _revoked_in_redis(jti):
         raise TokenRejected("revoked")
-    issued = (
-        IssuedToken.objects.select_related("end_user", "platform")
-        .filter(jti=jti)
-        .first()
-    )
+    issued = IssuedToken.objects.select_related("end_user", "platform").filter(jti=jti).first()
     if issued is None:
         raise TokenRejected("unknown jti")
     user, platform = issued.end_user, issued.platform

@@ -3,12 +3,13 @@ a service; every error leaves through `render_error` in one JSON shape."""
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Annotated, Any
 from uuid import UUID
 
 from django.http import HttpRequest, HttpResponse
-from ninja import Header, NinjaAPI, Router
-from ninja.errors import AuthenticationError, ValidationError
+from ninja import Header, NinjaAPI, Router, Status
+from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import APIKeyHeader
 
 from audit.events import Actor
@@ -72,6 +73,16 @@ def on_auth_error(request: HttpRequest, exc: AuthenticationError) -> HttpRespons
     return render_error(request, InvalidCredentials())
 
 
+@api.exception_handler(HttpError)
+def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    # django-ninja raises 400 for a body that is not JSON: a malformed body, like any other.
+    if exc.status_code == HTTPStatus.BAD_REQUEST:
+        return render_error(request, InvalidArgument(f"body: {exc}"))
+    error = ControlPlaneError(str(exc))
+    error.code, error.status = "error", HTTPStatus(exc.status_code)
+    return render_error(request, error)
+
+
 class PlatformCredentials(APIKeyHeader):
     """`client-id` and `client-secret` headers -> the authenticated Platform.
 
@@ -91,8 +102,15 @@ def _platform(request: HttpRequest) -> Platform:
     return platform
 
 
-ERRORS: dict[int, Any] = {401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut,
-                          422: ErrorOut, 429: ErrorOut, 503: ErrorOut}
+ERRORS: dict[int, Any] = {
+    401: ErrorOut,
+    403: ErrorOut,
+    404: ErrorOut,
+    409: ErrorOut,
+    422: ErrorOut,
+    429: ErrorOut,
+    503: ErrorOut,
+}
 
 auth_router = Router(tags=["tokens"])
 platform_router = Router(tags=["users and connections"], auth=PlatformCredentials())
@@ -122,8 +140,9 @@ def mint_user_token(
     )
 
 
-@auth_router.post("/tokens/revoke", response={200: RevokedOut, **ERRORS},
-                  auth=PlatformCredentials())
+@auth_router.post(
+    "/tokens/revoke", response={200: RevokedOut, **ERRORS}, auth=PlatformCredentials()
+)
 def revoke_token(request: HttpRequest, body: RevokeIn) -> RevokedOut:
     """Revoke one of the platform's tokens by `jti` or by the token itself. Takes effect on
     the token's next request."""
@@ -151,7 +170,7 @@ def _live_user(platform: Platform, user_id: str) -> EndUser:
 
 
 @platform_router.post("/users", response={201: NewUserOut, **ERRORS})
-def create_user(request: HttpRequest, body: UserIn) -> tuple[int, dict[str, Any]]:
+def create_user(request: HttpRequest, body: UserIn) -> Status[dict[str, Any]]:
     """Register an end user. The `user_secret` is returned here once and never again."""
     platform = _platform(request)
     created = users.create_end_user(
@@ -160,7 +179,7 @@ def create_user(request: HttpRequest, body: UserIn) -> tuple[int, dict[str, Any]
         scopes=frozenset(body.scopes) if body.scopes is not None else None,
         actor=Actor.platform(platform.client_id),
     )
-    return 201, {**_user_out(created.end_user), "user_secret": created.user_secret}
+    return Status(201, {**_user_out(created.end_user), "user_secret": created.user_secret})
 
 
 @platform_router.get("/users/{user_id}", response={200: UserOut, **ERRORS})
@@ -169,17 +188,17 @@ def get_user(request: HttpRequest, user_id: str) -> dict[str, Any]:
 
 
 @platform_router.delete("/users/{user_id}", response={204: None, **ERRORS})
-def delete_user(request: HttpRequest, user_id: str) -> tuple[int, None]:
+def delete_user(request: HttpRequest, user_id: str) -> Status[None]:
     """Delete an end user: its tokens and broker connections are revoked at once."""
     platform = _platform(request)
     users.delete_end_user(_live_user(platform, user_id), actor=Actor.platform(platform.client_id))
-    return 204, None
+    return Status(204, None)
 
 
 @platform_router.post("/users/{user_id}/connections", response={201: ConnectionOut, **ERRORS})
 def create_connection(
     request: HttpRequest, user_id: str, body: ConnectionIn
-) -> tuple[int, BrokerConnection]:
+) -> Status[BrokerConnection]:
     """Connect a brokerage account. Trading stays off until an operator grants it."""
     platform = _platform(request)
     connection = connections.create_connection(
@@ -189,7 +208,7 @@ def create_connection(
         trading_requested=body.trading_requested,
         actor=Actor.platform(platform.client_id),
     )
-    return 201, connection
+    return Status(201, connection)
 
 
 @platform_router.get("/users/{user_id}/connections", response={200: list[ConnectionOut], **ERRORS})
@@ -199,7 +218,7 @@ def list_connections(request: HttpRequest, user_id: str) -> list[BrokerConnectio
 
 
 @platform_router.delete("/connections/{connection_id}", response={204: None, **ERRORS})
-def delete_connection(request: HttpRequest, connection_id: UUID) -> tuple[int, None]:
+def delete_connection(request: HttpRequest, connection_id: UUID) -> Status[None]:
     platform = _platform(request)
     connection = (
         BrokerConnection.objects.select_related("end_user__platform")
@@ -210,7 +229,7 @@ def delete_connection(request: HttpRequest, connection_id: UUID) -> tuple[int, N
     if connection is None:
         raise NotFound("no such connection")
     connections.revoke_connection(connection, actor=Actor.platform(platform.client_id))
-    return 204, None
+    return Status(204, None)
 
 
 @api.get("/.well-known/jwks.json", tags=["tokens"], include_in_schema=True)

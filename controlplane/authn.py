@@ -7,6 +7,8 @@ about which part was wrong.
 
 from __future__ import annotations
 
+import contextlib
+
 from django.conf import settings
 
 from audit.events import Action, Actor, record
@@ -42,10 +44,9 @@ def _throttle_check(client_id: str, action: str) -> None:
 
 
 def _fail(client_id: str, action: str, reason: str, user_id: str = "") -> InvalidCredentials:
-    try:
+    # Had the limiter been down the check above would have refused; a race here is harmless.
+    with contextlib.suppress(LimiterUnavailable):
         get_limiter().hit([_failure_bucket(client_id)])
-    except LimiterUnavailable:
-        pass  # already refused above if the limiter were down; a race here is harmless
     record(
         action,
         actor=Actor.anonymous(),

@@ -19,7 +19,7 @@ def check_embedded_mode(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
                 id="tradeplane.W001",
             )
         )
-    if settings.PRODUCTION and settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    if settings.PRODUCTION and str(settings.DATABASES["default"]["ENGINE"]).endswith("sqlite3"):
         messages.append(
             Warning(
                 "SQLite in production serialises every write and cannot scale out.",

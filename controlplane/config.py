@@ -66,7 +66,9 @@ def parse_base_url(name: str, raw: str, *, require_https: bool) -> str:
     """A scheme://host[:port][/path] base URL without a trailing slash."""
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ImproperlyConfigured(f"{name} must be an http(s) URL such as https://trade.example.com")
+        raise ImproperlyConfigured(
+            f"{name} must be an http(s) URL such as https://trade.example.com"
+        )
     if parts.query or parts.fragment:
         raise ImproperlyConfigured(f"{name} must not have a query or fragment")
     if require_https and parts.scheme != "https":
@@ -122,7 +124,12 @@ class EmbeddedSecrets:
     starting together agree on one set of keys.
     """
 
-    FIELDS = ("SECRET_KEY", "TRADEPLANE_JWT_KEYS", "TRADEPLANE_ENCRYPTION_KEYS", "TRADEPLANE_HASH_KEY")
+    FIELDS = (
+        "SECRET_KEY",
+        "TRADEPLANE_JWT_KEYS",
+        "TRADEPLANE_ENCRYPTION_KEYS",
+        "TRADEPLANE_HASH_KEY",
+    )
 
     def __init__(self, path: Path) -> None:
         self.path = path

@@ -61,7 +61,9 @@ class Platform(models.Model):
     client_secret_digest = models.CharField(max_length=64, editable=False)
     is_active = models.BooleanField(default=True)
     allowed_scopes = models.CharField(
-        max_length=64, default="read trade", validators=[validate_scopes],
+        max_length=64,
+        default="read trade",
+        validators=[validate_scopes],
         help_text="Space-separated scopes this platform's tokens may carry.",
     )
     # Per-platform overrides of the MCP tool-call rate limits (calls per minute).
@@ -100,7 +102,9 @@ class EndUser(models.Model):
     user_secret_digest = models.CharField(max_length=64, editable=False)
     is_active = models.BooleanField(default=True)
     max_scopes = models.CharField(
-        max_length=64, default="read trade", validators=[validate_scopes],
+        max_length=64,
+        default="read trade",
+        validators=[validate_scopes],
         help_text="Space-separated scopes this user's tokens may carry.",
     )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
@@ -207,7 +211,10 @@ class RiskPolicy(models.Model):
         EndUser, on_delete=models.CASCADE, null=True, blank=True, related_name="risk_policies"
     )
     connection = models.ForeignKey(
-        BrokerConnection, on_delete=models.CASCADE, null=True, blank=True,
+        BrokerConnection,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
         related_name="risk_policies",
     )
     max_order_value = limit_field()

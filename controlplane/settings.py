@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import dj_database_url
+import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
 
 from controlplane.config import (
@@ -23,6 +25,9 @@ from controlplane.config import (
     parse_base_url,
     parse_keyring,
 )
+
+# Lets typed generics such as ModelAdmin[Platform] work at run time too.
+django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("TRADEPLANE_VAR_DIR") or BASE_DIR / "var")
@@ -82,7 +87,9 @@ TRADEPLANE_TOKEN_TTL_SECONDS = env_int(
 )
 TRADEPLANE_TOKEN_LEEWAY_SECONDS = 60
 # Failed credential checks per client id before 429, and the window they are counted in.
-TRADEPLANE_AUTH_FAILURE_LIMIT = env_int("TRADEPLANE_AUTH_FAILURE_LIMIT", 10, minimum=1, maximum=10_000)
+TRADEPLANE_AUTH_FAILURE_LIMIT = env_int(
+    "TRADEPLANE_AUTH_FAILURE_LIMIT", 10, minimum=1, maximum=10_000
+)
 TRADEPLANE_AUTH_FAILURE_WINDOW_SECONDS = env_int(
     "TRADEPLANE_AUTH_FAILURE_WINDOW_SECONDS", 300, minimum=1, maximum=86400
 )
@@ -91,7 +98,9 @@ TRADEPLANE_AUTH_FAILURE_WINDOW_SECONDS = env_int(
 _public_host = urlsplit(TRADEPLANE_PUBLIC_URL).hostname or "127.0.0.1"
 ALLOWED_HOSTS = [
     host.strip()
-    for host in (env_str("TRADEPLANE_ALLOWED_HOSTS") or f"{_public_host},127.0.0.1,localhost").split(",")
+    for host in (
+        env_str("TRADEPLANE_ALLOWED_HOSTS") or f"{_public_host},127.0.0.1,localhost"
+    ).split(",")
     if host.strip()
 ]
 CSRF_TRUSTED_ORIGINS = [TRADEPLANE_PUBLIC_URL]
@@ -141,7 +150,7 @@ TEMPLATES = [
 
 DATABASE_URL = env_str("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'tradeplane.sqlite3'}"
 try:
-    _database = dict(dj_database_url.parse(DATABASE_URL, conn_max_age=0))
+    _database: dict[str, Any] = dict(dj_database_url.parse(DATABASE_URL, conn_max_age=0))
 except ValueError as exc:
     raise ImproperlyConfigured(f"DATABASE_URL is not a supported database URL: {exc}") from exc
 if _database["ENGINE"] == "django.db.backends.sqlite3":

@@ -38,10 +38,10 @@ SQLITE_REMOVE = [
 def install(apps, schema_editor):
     vendor = schema_editor.connection.vendor
     if vendor == "postgresql":
-        schema_editor.execute(POSTGRES_INSTALL)
+        schema_editor.execute(POSTGRES_INSTALL, params=None)
     elif vendor == "sqlite":
         for statement in SQLITE_INSTALL:
-            schema_editor.execute(statement)
+            schema_editor.execute(statement, params=None)
     else:
         raise RuntimeError(f"no append-only triggers for database vendor {vendor!r}")
 
@@ -50,7 +50,7 @@ def remove(apps, schema_editor):
     vendor = schema_editor.connection.vendor
     statements = [POSTGRES_REMOVE] if vendor == "postgresql" else SQLITE_REMOVE
     for statement in statements:
-        schema_editor.execute(statement)
+        schema_editor.execute(statement, params=None)
 
 
 class Migration(migrations.Migration):

@@ -33,8 +33,11 @@ def create_connection(
             platform=user.platform.client_id,
             end_user=user.user_id,
             target=f"connection:{connection.pk}",
-            detail={"broker": broker, "environment": environment,
-                    "trading_requested": trading_requested},
+            detail={
+                "broker": broker,
+                "environment": environment,
+                "trading_requested": trading_requested,
+            },
         )
     return connection
 
@@ -42,13 +45,15 @@ def create_connection(
 def revoke_connection(connection: BrokerConnection, *, actor: Actor) -> bool:
     """The connection stops working at once; its credentials are wiped."""
     with transaction.atomic():
-        changed = BrokerConnection.objects.filter(pk=connection.pk).exclude(
-            status=BrokerConnection.Status.REVOKED
-        ).update(
-            status=BrokerConnection.Status.REVOKED,
-            trading_enabled=False,
-            credentials_ciphertext="",
-            status_reason="deleted",
+        changed = (
+            BrokerConnection.objects.filter(pk=connection.pk)
+            .exclude(status=BrokerConnection.Status.REVOKED)
+            .update(
+                status=BrokerConnection.Status.REVOKED,
+                trading_enabled=False,
+                credentials_ciphertext="",
+                status_reason="deleted",
+            )
         )
         if changed:
             record(
@@ -65,9 +70,11 @@ def revoke_connection(connection: BrokerConnection, *, actor: Actor) -> bool:
 
 def set_trading_enabled(connection: BrokerConnection, enabled: bool, *, actor: Actor) -> bool:
     with transaction.atomic():
-        changed = BrokerConnection.objects.filter(
-            pk=connection.pk, trading_enabled=not enabled
-        ).exclude(status=BrokerConnection.Status.REVOKED).update(trading_enabled=enabled)
+        changed = (
+            BrokerConnection.objects.filter(pk=connection.pk, trading_enabled=not enabled)
+            .exclude(status=BrokerConnection.Status.REVOKED)
+            .update(trading_enabled=enabled)
+        )
         if changed:
             record(
                 Action.TRADING_GRANTED if enabled else Action.TRADING_REVOKED,

@@ -39,8 +39,11 @@ def rotate_embedded_signing_key(*, actor: Actor) -> str:
     store.save(values)
     settings.TRADEPLANE_JWT_KEYS = keys
     accesstokens.reset_key_cache()
-    record(Action.SIGNING_KEY_ROTATED, actor=actor,
-           detail={"new_kid": keys[0][0], "kept": [kid for kid, _ in keys[1:]]})
+    record(
+        Action.SIGNING_KEY_ROTATED,
+        actor=actor,
+        detail={"new_kid": keys[0][0], "kept": [kid for kid, _ in keys[1:]]},
+    )
     return keys[0][0]
 
 
@@ -85,7 +88,15 @@ def reencrypt_credentials(*, actor: Actor) -> ReencryptionReport:
             connection.set_credentials(credentials)
             connection.save(update_fields=["credentials_ciphertext"])
             rewritten += 1
-    record(Action.ENCRYPTION_KEY_ROTATED, actor=actor, outcome="ok" if not unreadable else "partial",
-           detail={"active_kid": active, "rows": rows, "rewritten": rewritten,
-                   "unreadable": unreadable})
+    record(
+        Action.ENCRYPTION_KEY_ROTATED,
+        actor=actor,
+        outcome="ok" if not unreadable else "partial",
+        detail={
+            "active_kid": active,
+            "rows": rows,
+            "rewritten": rewritten,
+            "unreadable": unreadable,
+        },
+    )
     return ReencryptionReport(active, rows, rewritten, unreadable)

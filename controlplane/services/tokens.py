@@ -52,7 +52,9 @@ def mint_user_token(
             end_user=user.user_id,
             detail={"requested": sorted(scopes), "refused": refused},
         )
-        raise ForbiddenScope(f"scope {', '.join(repr(s) for s in refused)} is not allowed for this user")
+        raise ForbiddenScope(
+            f"scope {', '.join(repr(s) for s in refused)} is not allowed for this user"
+        )
     return issue_token(platform, user, scopes, actor=Actor.platform(platform.client_id))
 
 
@@ -107,9 +109,11 @@ def revoke_token(
             jti = decode_access_token(token, verify_exp=False)["jti"]
         except TokenRejected:
             raise NotFound("no such token") from None
-    issued = IssuedToken.objects.select_related("end_user").filter(
-        jti=jti or "", platform=platform
-    ).first()
+    issued = (
+        IssuedToken.objects.select_related("end_user")
+        .filter(jti=jti or "", platform=platform)
+        .first()
+    )
     if issued is None:
         raise NotFound("no such token")
     _revoke(issued, reason="revoked by platform", actor=actor)

@@ -105,9 +105,7 @@ def delete_end_user(user: EndUser, *, actor: Actor) -> None:
 
 def set_end_user_active(user: EndUser, active: bool, *, actor: Actor) -> bool:
     with transaction.atomic():
-        changed = EndUser.objects.filter(pk=user.pk, is_active=not active).update(
-            is_active=active
-        )
+        changed = EndUser.objects.filter(pk=user.pk, is_active=not active).update(is_active=active)
         if changed:
             record(
                 Action.USER_REACTIVATED if active else Action.USER_DEACTIVATED,

@@ -11,13 +11,26 @@ class Command(OperatorCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         verdict = verify_chain()
-        data = {"ok": verdict.ok, "rows": verdict.rows, "head_seq": verdict.head_seq,
-                "head_hash": verdict.head_hash, "first_bad_seq": verdict.first_bad_seq,
-                "problem": verdict.problem}
+        data = {
+            "ok": verdict.ok,
+            "rows": verdict.rows,
+            "head_seq": verdict.head_seq,
+            "head_hash": verdict.head_hash,
+            "first_bad_seq": verdict.first_bad_seq,
+            "problem": verdict.problem,
+        }
         if verdict.ok:
-            self.emit(options, data, f"audit chain intact: {verdict.rows} rows, head "
-                                     f"#{verdict.head_seq} {verdict.head_hash}")
+            self.emit(
+                options,
+                data,
+                f"audit chain intact: {verdict.rows} rows, head "
+                f"#{verdict.head_seq} {verdict.head_hash}",
+            )
             return
-        self.emit(options, data, f"audit chain BROKEN at row #{verdict.first_bad_seq}: "
-                                 f"{verdict.problem} ({verdict.rows} rows verified before it)")
+        self.emit(
+            options,
+            data,
+            f"audit chain BROKEN at row #{verdict.first_bad_seq}: "
+            f"{verdict.problem} ({verdict.rows} rows verified before it)",
+        )
         raise CommandError(f"audit chain broken at seq {verdict.first_bad_seq}")

@@ -25,7 +25,9 @@ class Command(OperatorCommand):
         scopes = parse_scope_list(options["scopes"]) if options["scopes"] else None
         try:
             created = create_end_user(
-                platform, user_id=options["user_id"], scopes=scopes,
+                platform,
+                user_id=options["user_id"],
+                scopes=scopes,
                 actor=Actor.operator("cli:create_end_user"),
             )
         except ControlPlaneError as exc:

@@ -19,10 +19,13 @@ class Command(OperatorCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             created = create_platform(
-                options["name"], scopes=parse_scope_list(options["scopes"]),
+                options["name"],
+                scopes=parse_scope_list(options["scopes"]),
                 actor=Actor.operator("cli:create_platform"),
             )
         except ControlPlaneError as exc:
             raise CommandError(exc.message) from exc
         data = {"client_id": created.platform.client_id, "client_secret": created.client_secret}
-        self.emit(options, data, f"client_id={data['client_id']}\nclient_secret={data['client_secret']}")
+        self.emit(
+            options, data, f"client_id={data['client_id']}\nclient_secret={data['client_secret']}"
+        )

@@ -34,6 +34,10 @@ class Command(OperatorCommand):
         if not (user.is_active and user.platform.is_active):
             raise CommandError("the user or its platform is inactive")
         minted = issue_token(user.platform, user, scopes, actor=Actor.operator("cli:mint_token"))
-        data = {"access_token": minted.access_token, "jti": minted.jti,
-                "expires_at": minted.expires_at.isoformat(), "scopes": sorted(minted.scopes)}
+        data = {
+            "access_token": minted.access_token,
+            "jti": minted.jti,
+            "expires_at": minted.expires_at.isoformat(),
+            "scopes": sorted(minted.scopes),
+        }
         self.emit(options, data, minted.access_token)

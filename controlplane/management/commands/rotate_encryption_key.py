@@ -22,24 +22,37 @@ class Command(OperatorCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         super().add_arguments(parser)
-        parser.add_argument("--generate", action="store_true",
-                            help="production: print a new key list and stop")
-        parser.add_argument("--reencrypt-only", action="store_true",
-                            help="embedded: keep the current active key")
+        parser.add_argument(
+            "--generate", action="store_true", help="production: print a new key list and stop"
+        )
+        parser.add_argument(
+            "--reencrypt-only", action="store_true", help="embedded: keep the current active key"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["generate"]:
             value = format_keyring(new_keyring_value(settings.TRADEPLANE_ENCRYPTION_KEYS, "enc-"))
-            self.emit(options, {"TRADEPLANE_ENCRYPTION_KEYS": value},
-                      f"Deploy, restart, then run this command again:\n"
-                      f"TRADEPLANE_ENCRYPTION_KEYS={value}")
+            self.emit(
+                options,
+                {"TRADEPLANE_ENCRYPTION_KEYS": value},
+                f"Deploy, restart, then run this command again:\n"
+                f"TRADEPLANE_ENCRYPTION_KEYS={value}",
+            )
             return
         if not settings.PRODUCTION and not options["reencrypt_only"]:
             add_embedded_encryption_key()
         report = reencrypt_credentials(actor=Actor.operator("cli:rotate_encryption_key"))
-        data = {"active_kid": report.active_kid, "rows": report.rows,
-                "rewritten": report.rewritten, "unreadable": report.unreadable}
-        self.emit(options, data, f"{report.rewritten} of {report.rows} credentials re-encrypted "
-                                 f"under {report.active_kid}")
+        data = {
+            "active_kid": report.active_kid,
+            "rows": report.rows,
+            "rewritten": report.rewritten,
+            "unreadable": report.unreadable,
+        }
+        self.emit(
+            options,
+            data,
+            f"{report.rewritten} of {report.rows} credentials re-encrypted "
+            f"under {report.active_kid}",
+        )
         if report.unreadable:
             raise CommandError(f"{len(report.unreadable)} credential(s) could not be decrypted")

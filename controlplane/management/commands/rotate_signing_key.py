@@ -18,10 +18,16 @@ class Command(OperatorCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if settings.PRODUCTION:
             value = format_keyring(new_keyring_value(settings.TRADEPLANE_JWT_KEYS, "jwt-"))
-            self.emit(options, {"TRADEPLANE_JWT_KEYS": value},
-                      "Set this value everywhere, then restart (old keys stay for verification):\n"
-                      f"TRADEPLANE_JWT_KEYS={value}")
+            self.emit(
+                options,
+                {"TRADEPLANE_JWT_KEYS": value},
+                "Set this value everywhere, then restart (old keys stay for verification):\n"
+                f"TRADEPLANE_JWT_KEYS={value}",
+            )
             return
         kid = rotate_embedded_signing_key(actor=Actor.operator("cli:rotate_signing_key"))
-        self.emit(options, {"signing_kid": kid},
-                  f"new signing key {kid}; restart the server to sign with it")
+        self.emit(
+            options,
+            {"signing_kid": kid},
+            f"new signing key {kid}; restart the server to sign with it",
+        )

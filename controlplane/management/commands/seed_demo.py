@@ -29,10 +29,18 @@ class Command(OperatorCommand):
             if user is None:
                 user = create_end_user(platform, user_id=DEMO_USER_ID, actor=actor).end_user
         minted = issue_token(platform, user, ALL_SCOPES, actor=actor)
-        data = {"client_id": platform.client_id, "user_id": user.user_id,
-                "mcp_url": settings.TRADEPLANE_MCP_URL, "access_token": minted.access_token}
-        self.emit(options, data, (
-            f"Demo platform {platform.client_id}, end user {user.user_id}\n"
-            f"MCP endpoint: {settings.TRADEPLANE_MCP_URL}\n"
-            f"Access token (read trade, 1 hour):\n{minted.access_token}\n"
-        ))
+        data = {
+            "client_id": platform.client_id,
+            "user_id": user.user_id,
+            "mcp_url": settings.TRADEPLANE_MCP_URL,
+            "access_token": minted.access_token,
+        }
+        self.emit(
+            options,
+            data,
+            (
+                f"Demo platform {platform.client_id}, end user {user.user_id}\n"
+                f"MCP endpoint: {settings.TRADEPLANE_MCP_URL}\n"
+                f"Access token (read trade, 1 hour):\n{minted.access_token}\n"
+            ),
+        )

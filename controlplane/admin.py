@@ -1,0 +1,292 @@
+"""The operators' console. Every action goes through a service and leaves an audit row with
+the operator as actor; secrets and ciphertexts are never displayed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db import transaction
+from django.db.models import Model, QuerySet
+from django.forms import ModelForm
+from django.http import HttpRequest
+
+from audit.events import Actor, record
+from controlplane.models import BrokerConnection, EndUser, IssuedToken, Platform, RiskPolicy
+from controlplane.services import connections, platforms, tokens, users
+
+admin.site.site_header = "Tradeplane operations"
+admin.site.site_title = "Tradeplane"
+admin.site.index_title = "Platforms, users, connections and the audit log"
+
+
+def operator(request: HttpRequest) -> Actor:
+    return Actor.operator(request.user.get_username())
+
+
+class AuditedModelAdmin[M: Model](admin.ModelAdmin[M]):
+    """Plain edits in the admin are audited too, naming the fields that changed."""
+
+    def save_model(self, request: HttpRequest, obj: M, form: ModelForm[M], change: bool) -> None:
+        with transaction.atomic():
+            super().save_model(request, obj, form, change)
+            record(
+                f"admin.{obj._meta.model_name}_{'changed' if change else 'added'}",
+                actor=operator(request),
+                target=f"{obj._meta.model_name}:{obj.pk}",
+                detail={"fields": sorted(form.changed_data)},
+            )
+
+    def delete_model(self, request: HttpRequest, obj: M) -> None:
+        with transaction.atomic():
+            record(
+                f"admin.{obj._meta.model_name}_deleted",
+                actor=operator(request),
+                target=f"{obj._meta.model_name}:{obj.pk}",
+            )
+            super().delete_model(request, obj)
+
+
+def _report(request: HttpRequest, changed: int, total: int, what: str) -> None:
+    messages.success(request, f"{what}: {changed} changed, {total - changed} already so.")
+
+
+@admin.register(Platform)
+class PlatformAdmin(AuditedModelAdmin[Platform]):
+    list_display = [
+        "name",
+        "client_id",
+        "is_active",
+        "allowed_scopes",
+        "trading_halted",
+        "created_at",
+    ]
+    list_filter = ["is_active", "trading_halted"]
+    search_fields = ["name", "=client_id"]
+    readonly_fields = [
+        "client_id",
+        "created_at",
+        "trading_halted",
+        "trading_halted_reason",
+        "trading_halted_at",
+        "is_active",
+    ]
+    fields = [
+        "name",
+        "client_id",
+        "allowed_scopes",
+        "is_active",
+        "rate_limit_per_minute",
+        "trade_rate_limit_per_minute",
+        "trading_halted",
+        "trading_halted_reason",
+        "trading_halted_at",
+        "created_at",
+    ]
+    actions = ["deactivate", "reactivate", "halt_trading", "resume_trading"]
+
+    def has_delete_permission(self, request: HttpRequest, obj: Platform | None = None) -> bool:
+        return False  # deactivate instead: history must stay attached
+
+    def save_model(
+        self, request: HttpRequest, obj: Platform, form: ModelForm[Platform], change: bool
+    ) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        created = platforms.create_platform(obj.name, scopes=obj.scopes, actor=operator(request))
+        obj.pk, obj.client_id = created.platform.pk, created.platform.client_id
+        obj.client_secret_digest = created.platform.client_secret_digest
+        obj.created_at = created.platform.created_at
+        obj._state.adding = False
+        obj.save()
+        messages.warning(
+            request,
+            f"Client secret for {obj.client_id} — copy it now, it is not shown again: "
+            f"{created.client_secret}",
+        )
+
+    @admin.action(description="Deactivate (refuse all its tokens and credentials)")
+    def deactivate(self, request: HttpRequest, queryset: QuerySet[Platform]) -> None:
+        changed = sum(
+            platforms.set_platform_active(p, False, actor=operator(request)) for p in queryset
+        )
+        _report(request, changed, queryset.count(), "Deactivated")
+
+    @admin.action(description="Reactivate")
+    def reactivate(self, request: HttpRequest, queryset: QuerySet[Platform]) -> None:
+        changed = sum(
+            platforms.set_platform_active(p, True, actor=operator(request)) for p in queryset
+        )
+        _report(request, changed, queryset.count(), "Reactivated")
+
+    @admin.action(description="Halt trading (kill switch)")
+    def halt_trading(self, request: HttpRequest, queryset: QuerySet[Platform]) -> None:
+        changed = sum(
+            platforms.set_trading_halted(p, True, reason="halted in admin", actor=operator(request))
+            for p in queryset
+        )
+        _report(request, changed, queryset.count(), "Trading halted")
+
+    @admin.action(description="Resume trading")
+    def resume_trading(self, request: HttpRequest, queryset: QuerySet[Platform]) -> None:
+        changed = sum(
+            platforms.set_trading_halted(
+                p, False, reason="resumed in admin", actor=operator(request)
+            )
+            for p in queryset
+        )
+        _report(request, changed, queryset.count(), "Trading resumed")
+
+
+@admin.register(EndUser)
+class EndUserAdmin(AuditedModelAdmin[EndUser]):
+    list_display = ["user_id", "platform", "is_active", "max_scopes", "created_at", "deleted_at"]
+    list_filter = ["is_active", ("deleted_at", admin.EmptyFieldListFilter), "platform"]
+    search_fields = ["=user_id", "=platform__client_id"]
+    list_select_related = ["platform"]
+    fields = ["platform", "user_id", "max_scopes", "is_active", "created_at", "deleted_at"]
+    readonly_fields = ["platform", "user_id", "is_active", "created_at", "deleted_at"]
+    actions = ["deactivate", "reactivate", "revoke_tokens"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # platforms register users through the API, which returns the secret
+
+    def has_delete_permission(self, request: HttpRequest, obj: EndUser | None = None) -> bool:
+        return False
+
+    @admin.action(description="Deactivate (refuse its tokens from the next request)")
+    def deactivate(self, request: HttpRequest, queryset: QuerySet[EndUser]) -> None:
+        changed = sum(
+            users.set_end_user_active(u, False, actor=operator(request)) for u in queryset
+        )
+        _report(request, changed, queryset.count(), "Deactivated")
+
+    @admin.action(description="Reactivate")
+    def reactivate(self, request: HttpRequest, queryset: QuerySet[EndUser]) -> None:
+        changed = sum(users.set_end_user_active(u, True, actor=operator(request)) for u in queryset)
+        _report(request, changed, queryset.count(), "Reactivated")
+
+    @admin.action(description="Revoke all tokens")
+    def revoke_tokens(self, request: HttpRequest, queryset: QuerySet[EndUser]) -> None:
+        revoked = sum(
+            tokens.revoke_user_tokens(u, reason="revoked in admin", actor=operator(request))
+            for u in queryset.select_related("platform")
+        )
+        messages.success(request, f"{revoked} token(s) revoked.")
+
+
+@admin.register(BrokerConnection)
+class BrokerConnectionAdmin(AuditedModelAdmin[BrokerConnection]):
+    list_display = [
+        "id",
+        "end_user",
+        "broker",
+        "environment",
+        "status",
+        "trading_requested",
+        "trading_enabled",
+        "created_at",
+    ]
+    list_filter = ["broker", "environment", "status", "trading_requested", "trading_enabled"]
+    search_fields = ["=id", "=end_user__user_id"]
+    list_select_related = ["end_user__platform"]
+    readonly_fields = (
+        "id",
+        "end_user",
+        "broker",
+        "environment",
+        "status",
+        "status_reason",
+        "trading_requested",
+        "trading_enabled",
+        "token_issued_at",
+        "token_last_used_at",
+        "token_renewed_at",
+        "token_expires_at",
+        "created_at",
+        "updated_at",
+    )
+    fields = readonly_fields
+    actions = ["grant_trading", "revoke_trading", "revoke_connection"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(
+        self, request: HttpRequest, obj: BrokerConnection | None = None
+    ) -> bool:
+        return False  # use "Revoke connection": credentials wiped, history kept
+
+    @admin.action(description="Grant trading")
+    def grant_trading(self, request: HttpRequest, queryset: QuerySet[BrokerConnection]) -> None:
+        changed = sum(
+            connections.set_trading_enabled(c, True, actor=operator(request)) for c in queryset
+        )
+        _report(request, changed, queryset.count(), "Trading granted")
+
+    @admin.action(description="Revoke trading")
+    def revoke_trading(self, request: HttpRequest, queryset: QuerySet[BrokerConnection]) -> None:
+        changed = sum(
+            connections.set_trading_enabled(c, False, actor=operator(request)) for c in queryset
+        )
+        _report(request, changed, queryset.count(), "Trading revoked")
+
+    @admin.action(description="Revoke connection (wipes its credentials)")
+    def revoke_connection(self, request: HttpRequest, queryset: QuerySet[BrokerConnection]) -> None:
+        changed = sum(connections.revoke_connection(c, actor=operator(request)) for c in queryset)
+        _report(request, changed, queryset.count(), "Revoked")
+
+
+@admin.register(RiskPolicy)
+class RiskPolicyAdmin(AuditedModelAdmin[RiskPolicy]):
+    list_display = [
+        "__str__",
+        "platform",
+        "end_user",
+        "connection",
+        "max_order_value",
+        "max_orders_per_day",
+        "approval_threshold_value",
+        "updated_at",
+    ]
+    list_filter = ["platform"]
+    raw_id_fields = ["end_user", "connection"]
+
+
+@admin.register(IssuedToken)
+class IssuedTokenAdmin(admin.ModelAdmin[IssuedToken]):
+    list_display = [
+        "jti",
+        "platform",
+        "end_user",
+        "scopes",
+        "key_id",
+        "issued_at",
+        "expires_at",
+        "revoked_at",
+    ]
+    list_filter = [("revoked_at", admin.EmptyFieldListFilter), "scopes", "platform"]
+    search_fields = ["=jti", "=end_user__user_id"]
+    list_select_related = ["platform", "end_user"]
+    show_full_result_count = False
+    actions = ["revoke"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.action(description="Revoke (effective on the token's next request)")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[IssuedToken]) -> None:
+        count = 0
+        for issued in queryset.filter(revoked_at__isnull=True):
+            tokens.revoke_token_by_jti(
+                issued.jti, reason="revoked in admin", actor=operator(request)
+            )
+            count += 1
+        messages.success(request, f"{count} token(s) revoked.")
