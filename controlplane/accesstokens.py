@@ -126,7 +126,7 @@ def encode_access_token(
 
 def decode_access_token(token: str, *, verify_exp: bool = True) -> dict[str, Any]:
     """Check signature, header and claims; no database. Raises TokenRejected."""
-    if len(token) > MAX_TOKEN_LENGTH or not COMPACT_JWS.match(token):
+    if len(token) > MAX_TOKEN_LENGTH or not COMPACT_JWS.fullmatch(token):
         raise TokenRejected("not a compact JWS")
     header_segment, payload_segment, _ = token.split(".")
     header = _strict_json(header_segment, "header")
@@ -180,6 +180,10 @@ def verify_access_token(token: str) -> Principal:
         raise TokenRejected("revoked")
     if user.user_id != claims["sub"] or platform.client_id != claims["platform"]:
         raise TokenRejected("subject does not match the issued token")
+    # The signed claims must be the ones recorded at minting: a token re-signed for a known
+    # jti (a leaked key) cannot widen its scopes or outlive the row.
+    if claims["scope"] != issued.scopes or claims["exp"] != int(issued.expires_at.timestamp()):
+        raise TokenRejected("claims differ from the issued token")
     if user.platform_id != platform.pk:
         raise TokenRejected("user does not belong to the platform")
     if not platform.is_active or not user.is_active or user.deleted_at is not None:
