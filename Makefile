@@ -3,6 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 PORT ?= 8000
+export PORT
 HOST ?= 127.0.0.1
 VENV := .venv
 PY := $(VENV)/bin/python
