@@ -116,7 +116,9 @@ def record(
 ) -> AuditEvent:
     # Normalise through JSON now so the hashed value is exactly what the database returns.
     clean_detail = json.loads(canonical_json(redact_detail(dict(detail or {}))))
-    with transaction.atomic():
+    # No savepoint: inside a caller's transaction the event and the change commit or fail
+    # together anyway, and a savepoint would cost two more round trips per event.
+    with transaction.atomic(savepoint=False):
         _lock_chain_head()
         head = AuditEvent.objects.order_by("-seq").values_list("seq", "hash").first()
         seq, prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS_HASH)

@@ -72,13 +72,32 @@ def authenticate_platform(
     return platform
 
 
-def authenticate_end_user(
-    platform: Platform, user_id: str, user_secret: str, *, action: str
+def authenticate_platform_user(
+    client_id: str, client_secret: str, user_id: str, user_secret: str, *, action: str
 ) -> EndUser:
-    user = EndUser.objects.live().filter(platform=platform, user_id=user_id).first()
-    digest = user.user_secret_digest if user else UNKNOWN_ACCOUNT_DIGEST
-    if not secret_matches(user_secret, digest) or user is None:
+    """Platform and user credentials together, in one query on the success path."""
+    _throttle_check(client_id, action)
+    user = (
+        EndUser.objects.live()
+        .select_related("platform")
+        .filter(platform__client_id=client_id, user_id=user_id)
+        .first()
+        if client_id
+        else None
+    )
+    if user is None:
+        # Tell nothing apart: check the platform alone (same work), then fail as a user miss.
+        platform = authenticate_platform(client_id, client_secret, action=action)
         raise _fail(platform.client_id, action, "unknown user or wrong user secret", user_id)
+    platform = user.platform
+    platform_ok = secret_matches(client_secret, platform.client_secret_digest)
+    user_ok = secret_matches(user_secret, user.user_secret_digest)
+    if not platform_ok:
+        raise _fail(client_id, action, "unknown platform or wrong client secret")
+    if not platform.is_active:
+        raise _fail(client_id, action, "platform inactive")
+    if not user_ok:
+        raise _fail(client_id, action, "unknown user or wrong user secret", user_id)
     if not user.is_active:
-        raise _fail(platform.client_id, action, "user inactive", user_id)
+        raise _fail(client_id, action, "user inactive", user_id)
     return user

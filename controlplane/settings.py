@@ -166,6 +166,14 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
 elif _database["ENGINE"] == "django.db.backends.postgresql":
     _database.setdefault("OPTIONS", {})
     _database["OPTIONS"].setdefault("connect_timeout", 5)
+    # Under ASGI every request runs in a thread of its own, so persistent connections never
+    # get reused; a pool does (and saves a connection set-up per request).
+    if env_bool("TRADEPLANE_DB_POOL", True):
+        _database["OPTIONS"]["pool"] = {
+            "min_size": 1,
+            "max_size": env_int("TRADEPLANE_DB_POOL_SIZE", 20, minimum=2, maximum=500),
+            "timeout": 10,
+        }
     _database["TEST"] = {"NAME": f"test_{_database['NAME']}"}
 else:
     raise ImproperlyConfigured("DATABASE_URL must be a postgres:// or sqlite:// URL")

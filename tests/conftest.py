@@ -108,6 +108,9 @@ def _fresh_connection_after(django_db_blocker: pytest.FixtureRequest) -> Iterato
     """Set up before, so torn down after, the flush: the next test gets a new connection."""
     yield
     with django_db_blocker.unblock():  # type: ignore[attr-defined]
+        # Pooled connections keep session settings: put the triggers back on first.
+        with connection.cursor() as cursor:
+            cursor.execute("SET session_replication_role = DEFAULT")
         connection.close()
 
 

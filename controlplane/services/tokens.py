@@ -17,7 +17,7 @@ from controlplane.accesstokens import (
     encode_access_token,
     mark_revoked_in_redis,
 )
-from controlplane.authn import authenticate_end_user, authenticate_platform
+from controlplane.authn import authenticate_platform_user
 from controlplane.errors import ForbiddenScope, NotFound
 from controlplane.models import EndUser, IssuedToken, Platform, format_scopes
 
@@ -39,8 +39,10 @@ def mint_user_token(
     Scopes granted are the request ∩ platform ∩ user; asking for one outside that is a
     ForbiddenScope naming it, never a silently narrower token.
     """
-    platform = authenticate_platform(client_id, client_secret, action=Action.TOKEN_MINT_REFUSED)
-    user = authenticate_end_user(platform, user_id, user_secret, action=Action.TOKEN_MINT_REFUSED)
+    user = authenticate_platform_user(
+        client_id, client_secret, user_id, user_secret, action=Action.TOKEN_MINT_REFUSED
+    )
+    platform = user.platform
     allowed = platform.scopes & user.scopes
     refused = sorted(scopes - allowed)
     if refused:
