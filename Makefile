@@ -49,7 +49,7 @@ install-dev: $(VENV)/.installed-dev
 
 run: install
 	$(PY) manage.py migrate --no-input
-	$(PY) manage.py seed_demo
+	$(PY) manage.py quickstart
 	$(PY) -m uvicorn controlplane.asgi:application --host $(HOST) --port $(PORT) --no-access-log
 
 check-services: install-dev

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
+from brokers.base import BrokerError
+
 
 class ControlPlaneError(Exception):
     code = "error"
@@ -66,3 +68,16 @@ class Throttled(ControlPlaneError):
 class ServiceUnavailable(ControlPlaneError):
     code = "unavailable"
     status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+class BrokerFailure(ControlPlaneError):
+    """A broker refused or failed; the message keeps the broker's own reason."""
+
+    code = "broker_error"
+    status = HTTPStatus.BAD_GATEWAY
+
+    def __init__(self, error: BrokerError) -> None:
+        super().__init__(f"{error.code}: {error.broker_message}")
+        self.error = error
+        if error.transient:
+            self.code, self.status = "broker_unavailable", HTTPStatus.SERVICE_UNAVAILABLE

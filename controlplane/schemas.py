@@ -73,7 +73,9 @@ class NewUserOut(UserOut):
 
 class ConnectionIn(StrictSchema):
     broker: str = Field(min_length=1, max_length=32)
-    environment: Literal["paper", "sandbox", "production"] = "sandbox"
+    environment: Literal["paper", "sandbox", "production"] | None = Field(
+        default=None, description="Defaults to 'paper' for the paper broker, else 'sandbox'."
+    )
     trading_requested: bool = False
 
 

@@ -115,6 +115,7 @@ INSTALLED_APPS = [
     "controlplane",
     "audit",
     "brokers",
+    "brokers.paper",
     "mcp_bridge",
 ]
 
@@ -216,6 +217,13 @@ if env_bool("TRADEPLANE_BEHIND_TLS_PROXY", False):
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int(
     "TRADEPLANE_MAX_BODY_BYTES", 256 * 1024, minimum=1024, maximum=16 * 1024 * 1024
 )
+
+# ---- Paper broker ------------------------------------------------------------------------
+PAPER_STARTING_CASH = env_str("PAPER_STARTING_CASH") or "100000"
+PAPER_SECOND_ACCOUNT = env_bool("PAPER_SECOND_ACCOUNT", False)
+# "always" keeps the simulated market open (the demo works at night); "regular" follows
+# NYSE hours (9:30-16:00 US Eastern, Monday to Friday; 4:00-20:00 for extended hours).
+PAPER_MARKET_HOURS = env_choice("PAPER_MARKET_HOURS", "always", ("always", "regular"))
 
 # ---- Logging: JSON lines on stderr, secrets redacted -------------------------------------
 LOG_LEVEL = env_choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"))

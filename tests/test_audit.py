@@ -208,7 +208,7 @@ def test_sqlite_refuses_update_and_delete(tmp_path: Path) -> None:
     }
     manage = [sys.executable, str(ROOT / "manage.py")]
     subprocess.run([*manage, "migrate", "-v0"], env=env, check=True, cwd=ROOT)
-    subprocess.run([*manage, "seed_demo"], env=env, check=True, cwd=ROOT, capture_output=True)
+    subprocess.run([*manage, "quickstart"], env=env, check=True, cwd=ROOT, capture_output=True)
     import sqlite3
 
     with sqlite3.connect(database) as db:

@@ -82,12 +82,49 @@ def test_revoke_token_command(alice: UserCreds) -> None:
         run("revoke_token", "does-not-exist-0000")
 
 
-def test_seed_demo_is_idempotent(db: None) -> None:
-    first, second = run("seed_demo"), run("seed_demo")
+def test_quickstart_is_idempotent_and_regenerates_the_demo_secrets(db: None) -> None:
+    first, second = run("quickstart"), run("quickstart")
     assert first["client_id"] == second["client_id"] == "tp_ci_demo"
+    assert first["user_id"] == second["user_id"] == "demo-user"
+    assert first["connection_id"] == second["connection_id"]
     assert Platform.objects.count() == 1
     assert EndUser.objects.count() == 1
+    connection = BrokerConnection.objects.get()
+    assert (connection.broker, connection.status, connection.trading_enabled) == (
+        "paper",
+        "active",
+        True,
+    )
+    assert first["client_secret"] != second["client_secret"]
+    assert first["user_secret"] != second["user_secret"]
     assert verify_access_token(second["access_token"]).scopes == {"read", "trade"}
+    assert second["mcp_url"].endswith("/mcp")
+    for name in ("claude_code", "cursor", "windsurf", "vscode", "codex_cli"):
+        assert second["access_token"] in second["configs"][name]
+        assert second["mcp_url"] in second["configs"][name]
+    assert second["configs"]["claude_code"].startswith("claude mcp add --transport http ")
+    assert "mcp-remote" in second["configs"]["codex_cli"]
+
+
+def test_quickstart_secrets_work_against_the_api(db: None, client: Client) -> None:
+    demo = run("quickstart")
+    response = client.post(
+        "/auth/tokens/user",
+        {"scopes": ["read", "trade"]},
+        content_type="application/json",
+        headers={
+            "client-id": demo["client_id"],
+            "client-secret": demo["client_secret"],
+            "user-id": demo["user_id"],
+            "user-secret": demo["user_secret"],
+        },
+    )
+    assert response.status_code == HTTPStatus.OK
+    listed = client.get(
+        f"/v1/users/{demo['user_id']}/connections",
+        headers={"client-id": demo["client_id"], "client-secret": demo["client_secret"]},
+    ).json()
+    assert [c["id"] for c in listed] == [demo["connection_id"]]
 
 
 def test_rotate_signing_key_keeps_old_tokens_valid(alice: UserCreds, settings, tmp_path) -> None:

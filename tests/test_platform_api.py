@@ -197,3 +197,36 @@ def test_revoke_needs_exactly_one_of_jti_or_token(
 ) -> None:
     response = post(client, "/auth/tokens/revoke", body, acme.headers())
     assert response.status_code == HTTPStatus.UNPROCESSABLE_ENTITY
+
+
+def test_a_paper_connection_is_active_at_once_with_its_accounts(
+    client: Client, alice: UserCreds
+) -> None:
+    response = post(
+        client,
+        "/v1/users/alice/connections",
+        {"broker": "paper", "trading_requested": True},
+        alice.platform.headers(),
+    )
+    assert response.status_code == HTTPStatus.CREATED
+    body = response.json()
+    assert (body["broker"], body["environment"], body["status"]) == ("paper", "paper", "active")
+    assert (body["trading_requested"], body["trading_enabled"]) == (True, False)
+    connection = BrokerConnection.objects.get(pk=body["id"])
+    from brokers.registry import get_adapter
+
+    accounts = get_adapter(connection).list_accounts()
+    assert accounts
+    event = AuditEvent.objects.get(action="connection.created")
+    assert event.detail["broker"] == "paper"
+
+
+def test_the_paper_broker_has_no_sandbox(client: Client, alice: UserCreds) -> None:
+    response = post(
+        client,
+        "/v1/users/alice/connections",
+        {"broker": "paper", "environment": "sandbox"},
+        alice.platform.headers(),
+    )
+    assert response.status_code == HTTPStatus.UNPROCESSABLE_ENTITY
+    assert not BrokerConnection.objects.exists()
