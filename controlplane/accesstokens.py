@@ -55,6 +55,9 @@ class Principal:
     scopes: frozenset[str]
     jti: str
     expires_at: datetime
+    # The platform's overrides of the tool-call rate limits (None: the defaults).
+    rate_limit_per_minute: int | None = None
+    trade_rate_limit_per_minute: int | None = None
 
 
 @cache
@@ -199,6 +202,8 @@ def verify_access_token(token: str) -> Principal:
         scopes=scopes,
         jti=jti,
         expires_at=datetime.fromtimestamp(claims["exp"], tz=UTC),
+        rate_limit_per_minute=platform.rate_limit_per_minute,
+        trade_rate_limit_per_minute=platform.trade_rate_limit_per_minute,
     )
 
 

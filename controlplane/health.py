@@ -1,7 +1,8 @@
-"""Liveness and readiness probes."""
+"""Liveness and readiness probes, and the public metadata of the MCP resource."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
@@ -35,4 +36,19 @@ def readyz(request: HttpRequest) -> JsonResponse:
     ready = all(value == "ok" for value in checks.values())
     return JsonResponse(
         {"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503
+    )
+
+
+@require_GET
+def protected_resource_metadata(request: HttpRequest) -> JsonResponse:
+    """RFC 9728 metadata for /mcp, at the root and the path-suffixed well-known URL."""
+    return JsonResponse(
+        {
+            "resource": settings.TRADEPLANE_MCP_URL,
+            "authorization_servers": [settings.TRADEPLANE_PUBLIC_URL],
+            "scopes_supported": ["read", "trade"],
+            "bearer_methods_supported": ["header"],
+            "resource_name": "Tradeplane",
+            "resource_documentation": f"{settings.TRADEPLANE_PUBLIC_URL}/api/docs",
+        }
     )

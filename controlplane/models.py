@@ -289,3 +289,48 @@ class IssuedToken(models.Model):
     @property
     def is_revoked(self) -> bool:
         return self.revoked_at is not None
+
+
+class BrokerAccount(models.Model):
+    """One brokerage account of one connection, under Tradeplane's own stable id, so one
+    agent can address accounts across brokers without ever seeing broker account keys."""
+
+    id = models.CharField(primary_key=True, max_length=32, editable=False)
+    connection = models.ForeignKey(
+        BrokerConnection, on_delete=models.PROTECT, related_name="accounts"
+    )
+    broker_account_key = models.CharField(max_length=128)
+    name = models.CharField(max_length=200)
+    account_type = models.CharField(max_length=64, blank=True)
+    currency = models.CharField(max_length=8, default="USD")
+    number_masked = models.CharField(max_length=32, blank=True)
+    discovered_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["connection", "name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["connection", "broker_account_key"], name="broker_account_unique_key"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.id})"
+
+
+class Watchlist(models.Model):
+    """A named list of symbols an end user follows (market://watchlist/{name})."""
+
+    end_user = models.ForeignKey(EndUser, on_delete=models.CASCADE, related_name="watchlists")
+    name = models.CharField(max_length=64)
+    symbols = models.JSONField(default=list)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["end_user", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["end_user", "name"], name="watchlist_unique_name"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({len(self.symbols)} symbols)"

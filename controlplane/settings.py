@@ -218,6 +218,29 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int(
     "TRADEPLANE_MAX_BODY_BYTES", 256 * 1024, minimum=1024, maximum=16 * 1024 * 1024
 )
 
+# ---- MCP endpoint ------------------------------------------------------------------------
+# Stateless: any process serves any request (no push elicitation for 2025-11-25 clients).
+# Stateful: 2025-11-25 sessions live in one process (sticky sessions behind a balancer).
+TRADEPLANE_MCP_STATELESS = env_bool("TRADEPLANE_MCP_STATELESS", False)
+TRADEPLANE_MCP_JSON_RESPONSE = env_bool("TRADEPLANE_MCP_JSON_RESPONSE", False)
+# Browsers may call /mcp only from these origins (DNS-rebinding defence); other Origins: 403.
+TRADEPLANE_ALLOWED_ORIGINS = [
+    origin.strip().rstrip("/")
+    for origin in (
+        env_str("TRADEPLANE_ALLOWED_ORIGINS")
+        or f"{TRADEPLANE_PUBLIC_URL},http://127.0.0.1:*,http://localhost:*"
+    ).split(",")
+    if origin.strip()
+]
+TRADEPLANE_RATE_LIMIT_PER_MINUTE = env_int(
+    "TRADEPLANE_RATE_LIMIT_PER_MINUTE", 60, minimum=1, maximum=100_000
+)
+TRADEPLANE_TRADE_RATE_LIMIT_PER_MINUTE = env_int(
+    "TRADEPLANE_TRADE_RATE_LIMIT_PER_MINUTE", 30, minimum=1, maximum=100_000
+)
+# With Redis unreachable trade tools always fail closed; read tools follow this.
+TRADEPLANE_READ_LIMIT_FAIL_CLOSED = env_bool("TRADEPLANE_READ_LIMIT_FAIL_CLOSED", True)
+
 # ---- Paper broker ------------------------------------------------------------------------
 PAPER_STARTING_CASH = env_str("PAPER_STARTING_CASH") or "100000"
 PAPER_SECOND_ACCOUNT = env_bool("PAPER_SECOND_ACCOUNT", False)

@@ -1,0 +1,286 @@
+"""Structured outputs of the tools (each one's output schema) and their short texts.
+
+Everything a broker returned travels inside `data`, under `trust: untrusted_broker_data`:
+symbols, names, messages and notes come from outside and are data for the agent, never
+instructions. Money is serialized as a decimal string.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields, is_dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+UNTRUSTED: Literal["untrusted_broker_data"] = "untrusted_broker_data"
+Environment = Literal["paper", "sandbox", "production"]
+
+
+class Result(BaseModel):
+    def summary(self) -> str:
+        raise NotImplementedError
+
+
+class BrokerResult(Result):
+    environment: Environment = Field(
+        description="paper (simulated), sandbox or production (real money)"
+    )
+    broker: str
+    trust: Literal["untrusted_broker_data"] = UNTRUSTED
+
+
+class ConnectionInfo(BaseModel):
+    connection_id: str
+    broker: str
+    environment: Environment
+    status: str
+    trading_enabled: bool
+
+
+class WhoAmI(Result):
+    user_id: str
+    platform: str
+    scopes: list[str]
+    token_expires_at: datetime
+    connections: list[ConnectionInfo]
+
+    def summary(self) -> str:
+        return (
+            f"user {self.user_id} of {self.platform}, scopes {' '.join(self.scopes)}, "
+            f"{len(self.connections)} connection(s)"
+        )
+
+
+class AccountInfo(BaseModel):
+    account_id: str = Field(description="Tradeplane's account id: pass it to the other tools")
+    name: str
+    account_type: str
+    currency: str
+    broker: str
+    environment: Environment
+
+
+class AccountList(Result):
+    trust: Literal["untrusted_broker_data"] = UNTRUSTED
+    accounts: list[AccountInfo]
+
+    def summary(self) -> str:
+        return f"{len(self.accounts)} account(s): " + ", ".join(
+            f"{a.account_id} ({a.name}, {a.environment})" for a in self.accounts
+        )
+
+
+class BalanceData(BaseModel):
+    cash: Decimal
+    buying_power: Decimal
+    account_value: Decimal
+    currency: str
+    as_of: datetime
+
+
+class BalanceResult(BrokerResult):
+    account_id: str
+    data: BalanceData
+
+    def summary(self) -> str:
+        d = self.data
+        return (
+            f"{self.account_id} ({self.environment}): cash {d.cash} {d.currency}, "
+            f"buying power {d.buying_power}, value {d.account_value}"
+        )
+
+
+class PositionData(BaseModel):
+    symbol: str
+    quantity: Decimal = Field(description="negative for a short position")
+    average_cost: Decimal
+    cost_basis: Decimal
+    market_price: Decimal
+    market_value: Decimal
+    unrealized_pnl: Decimal
+    realized_pnl: Decimal
+
+
+class PositionsResult(BrokerResult):
+    account_id: str
+    data: list[PositionData]
+
+    def summary(self) -> str:
+        held = ", ".join(f"{p.quantity} {p.symbol}" for p in self.data) or "no positions"
+        return f"{self.account_id} ({self.environment}): {held}"
+
+
+class QuoteData(BaseModel):
+    symbol: str
+    name: str
+    last: Decimal
+    bid: Decimal
+    ask: Decimal
+    change: Decimal
+    change_pct: Decimal
+    volume: int
+    time: datetime
+
+
+class PositionDetailsData(BaseModel):
+    position: PositionData
+    quote: QuoteData
+    weight_pct: Decimal = Field(description="market value as % of account value")
+    unrealized_pnl_pct: Decimal
+
+
+class PositionDetailsResult(BrokerResult):
+    account_id: str
+    data: PositionDetailsData
+
+    def summary(self) -> str:
+        p = self.data.position
+        return (
+            f"{p.quantity} {p.symbol} at avg {p.average_cost}, now {p.market_price}: "
+            f"P&L {p.unrealized_pnl} ({self.data.unrealized_pnl_pct}%), "
+            f"{self.data.weight_pct}% of the account"
+        )
+
+
+class QuotesResult(BrokerResult):
+    data: list[QuoteData]
+
+    def summary(self) -> str:
+        return "; ".join(f"{q.symbol} {q.last} ({q.change_pct:+}%)" for q in self.data)
+
+
+class FillData(BaseModel):
+    fill_id: str
+    quantity: Decimal
+    price: Decimal
+    time: datetime
+
+
+class OrderData(BaseModel):
+    order_id: str
+    symbol: str
+    side: str
+    quantity: Decimal
+    order_type: str
+    limit_price: Decimal | None
+    stop_price: Decimal | None
+    time_in_force: str
+    extended_hours: bool
+    status: str
+    filled_quantity: Decimal
+    average_fill_price: Decimal | None
+    created_at: datetime
+    updated_at: datetime
+    fills: list[FillData]
+    reason: str
+
+
+class OrdersResult(BrokerResult):
+    account_id: str
+    data: list[OrderData]
+
+    def summary(self) -> str:
+        return f"{len(self.data)} order(s): " + ", ".join(
+            f"{o.order_id} {o.side} {o.quantity} {o.symbol} {o.status}" for o in self.data
+        )
+
+
+class OrderResult(BrokerResult):
+    account_id: str
+    data: OrderData
+
+    def summary(self) -> str:
+        o = self.data
+        return (
+            f"order {o.order_id}: {o.side} {o.quantity} {o.symbol} {o.order_type} "
+            f"{o.status}, filled {o.filled_quantity}"
+        )
+
+
+class TransactionData(BaseModel):
+    transaction_id: str
+    transaction_type: str
+    time: datetime
+    amount: Decimal
+    description: str
+    symbol: str
+    quantity: Decimal | None
+    price: Decimal | None
+    order_id: str
+
+
+class TransactionsResult(BrokerResult):
+    account_id: str
+    data: list[TransactionData]
+
+    def summary(self) -> str:
+        return f"{len(self.data)} transaction(s)"
+
+
+class RiskCheck(BaseModel):
+    name: str
+    detail: str = ""
+
+
+class RiskSummary(BaseModel):
+    passed: list[RiskCheck]
+    failed: list[RiskCheck]
+    skipped: list[RiskCheck]
+
+
+class PreviewData(BaseModel):
+    estimated_total: Decimal
+    commission: Decimal
+    estimated_price: Decimal
+    warnings: list[str]
+
+
+class PreviewResult(BrokerResult):
+    account_id: str
+    order: dict[str, str]
+    data: PreviewData
+    risk: RiskSummary
+    note: str = "A preview only: nothing was created or sent. Trades use create_order."
+
+    def summary(self) -> str:
+        failed = ", ".join(c.name for c in self.risk.failed)
+        return (
+            f"{self.order['side']} {self.order['quantity']} {self.order['symbol']}: "
+            f"estimated {self.data.estimated_total} incl. commission {self.data.commission}"
+            + (f"; would fail risk checks: {failed}" if failed else "")
+        )
+
+
+class PendingTradeInfo(BaseModel):
+    confirmation_id: str
+    status: str
+    summary: str
+    expires_at: datetime
+
+
+class PendingTradesResult(Result):
+    pending: list[PendingTradeInfo]
+
+    def summary(self) -> str:
+        return f"{len(self.pending)} trade(s) awaiting confirmation"
+
+
+class WatchlistResult(Result):
+    name: str
+    symbols: list[str]
+
+    def summary(self) -> str:
+        return f"watchlist {self.name}: {', '.join(self.symbols) or 'empty'}"
+
+
+def plain(value: Any) -> Any:
+    """A broker dataclass as plain data (enums to their values) for the models above."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, list | tuple):
+        return [plain(item) for item in value]
+    if hasattr(value, "value") and isinstance(value.value, str):
+        return value.value
+    return value
