@@ -103,6 +103,9 @@ def test_quickstart_is_idempotent_and_regenerates_the_demo_secrets(db: None) -> 
         assert second["access_token"] in second["configs"][name]
         assert second["mcp_url"] in second["configs"][name]
     assert second["configs"]["claude_code"].startswith("claude mcp add --transport http ")
+    from controlplane.models import Watchlist
+
+    assert Watchlist.objects.get(name="default").symbols[:2] == ["SPY", "QQQ"]
     assert "mcp-remote" in second["configs"]["codex_cli"]
 
 

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db import transaction
 
 from audit.events import Actor
-from controlplane.models import ALL_SCOPES, BrokerConnection, EndUser, Platform
+from controlplane.models import ALL_SCOPES, BrokerConnection, EndUser, Platform, Watchlist
 from controlplane.services.connections import create_connection, set_trading_enabled
 from controlplane.services.platforms import create_platform, regenerate_client_secret
 from controlplane.services.tokens import issue_token
@@ -20,6 +20,7 @@ from controlplane.services.users import create_end_user, regenerate_user_secret
 DEMO_CLIENT_ID = "tp_ci_demo"
 DEMO_USER_ID = "demo-user"
 SERVER_NAME = "tradeplane"
+DEMO_WATCHLIST = ["SPY", "QQQ", "AAPL", "MSFT", "NVDA", "AMZN", "GOOGL", "META"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,9 @@ def set_up_demo(*, actor: Actor) -> Demo:
             user, broker="paper", environment=None, trading_requested=True, actor=actor
         )
     set_trading_enabled(connection, True, actor=actor)
+    Watchlist.objects.get_or_create(
+        end_user=user, name="default", defaults={"symbols": DEMO_WATCHLIST}
+    )
     client_secret = regenerate_client_secret(platform, actor=actor)
     user_secret = regenerate_user_secret(user, actor=actor)
     minted = issue_token(platform, user, ALL_SCOPES, actor=actor)
