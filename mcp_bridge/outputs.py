@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from controlplane.risk import CheckResult, RiskResult
+
 UNTRUSTED: Literal["untrusted_broker_data"] = "untrusted_broker_data"
 Environment = Literal["paper", "sandbox", "production"]
 
@@ -222,12 +224,27 @@ class TransactionsResult(BrokerResult):
 class RiskCheck(BaseModel):
     name: str
     detail: str = ""
+    limit: str | None = None
+    value: str | None = None
 
 
 class RiskSummary(BaseModel):
     passed: list[RiskCheck]
     failed: list[RiskCheck]
     skipped: list[RiskCheck]
+
+
+def risk_summary(result: RiskResult) -> RiskSummary:
+    def convert(checks: list[CheckResult]) -> list[RiskCheck]:
+        return [
+            RiskCheck(name=c.name, detail=c.detail, limit=c.limit, value=c.value) for c in checks
+        ]
+
+    return RiskSummary(
+        passed=convert(result.passed),
+        failed=convert(result.failed),
+        skipped=convert(result.skipped),
+    )
 
 
 class PreviewData(BaseModel):

@@ -352,18 +352,12 @@ async def preview_order(
             time_in_force,
             extended_hours,
         )
-        resolved, preview = portfolio.preview_order(principal, account_id, request)
+        resolved, preview, checks = portfolio.preview_order(principal, account_id, request)
         return outputs.PreviewResult(
             **_account_fields(resolved),
             order={k: str(v) for k, v in outputs.plain(request).items() if v is not None},
             data=outputs.plain(preview),
-            risk=outputs.RiskSummary(
-                passed=[],
-                failed=[],
-                skipped=[
-                    outputs.RiskCheck(name="risk_engine", detail="risk checks run in create_order")
-                ],
-            ),
+            risk=outputs.risk_summary(checks),
         )
 
     return await respond(build)

@@ -506,3 +506,36 @@ def test_stateless_json_mode_serves_both_eras(trader: UserCreds, tmp_path: Path,
     assert not result.is_error, text_of(result)
     assert result.structured_content["data"][0]["symbol"] == "SPY"
     assert "mcp-session-id" not in session.headers
+
+
+def test_preview_order_names_the_risk_checks_it_would_fail(
+    server: McpServer, trader: UserCreds
+) -> None:
+    from controlplane.models import RiskPolicy
+
+    RiskPolicy.objects.create(
+        platform=trader.platform.platform, max_order_value=Decimal(1000), symbol_denylist=["TSLA"]
+    )
+    token = token_for(server, trader)
+    account_id = first_account(server, token)
+    arguments = {
+        "account_id": account_id,
+        "side": "BUY",
+        "quantity": 10,
+        "order_type": "LIMIT",
+        "limit_price": "150.00",
+    }
+    small = call_tool(
+        server.mcp_url, token, "preview_order", {**arguments, "symbol": "AAPL", "quantity": 5}
+    )
+    large = call_tool(server.mcp_url, token, "preview_order", {**arguments, "symbol": "TSLA"})
+    assert not small.is_error, text_of(small)
+    assert small.structured_content["risk"]["failed"] == []
+    assert "max_order_value" in {c["name"] for c in small.structured_content["risk"]["passed"]}
+    failed = {c["name"]: c for c in large.structured_content["risk"]["failed"]}
+    assert set(failed) == {"max_order_value", "symbol_lists"}
+    assert (failed["max_order_value"]["limit"], failed["max_order_value"]["value"]) == (
+        "1000.0000",
+        "1500.00",
+    )
+    assert "would fail risk checks" in text_of(large)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from decimal import Decimal
 
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from brokers.base import (
     Balance,
@@ -29,6 +31,7 @@ from brokers.base import (
     Transaction,
 )
 from brokers.registry import get_adapter
+from controlplane import risk
 from controlplane.accesstokens import Principal
 from controlplane.errors import BrokerFailure, ControlPlaneError, InvalidArgument, NotFound
 from controlplane.models import BrokerAccount, BrokerConnection, Watchlist
@@ -188,11 +191,77 @@ def list_transactions(
     )
 
 
+def reference_price(request: OrderRequest, quote: Quote) -> Decimal:
+    """What one share is expected to cost (buys) or fetch (sells) for valuing the order."""
+    if request.limit_price is not None:
+        return request.limit_price
+    if request.stop_price is not None:
+        return request.stop_price
+    return quote.ask if request.side.is_buy else quote.bid
+
+
+def risk_context(resolved: ResolvedAccount, request: OrderRequest) -> risk.RiskContext:
+    """The broker-side facts the risk checks need: price, balance, position and today's
+    orders at the broker (trades still awaiting confirmation are added by the trading flow)."""
+    adapter, key = resolved.adapter, resolved.key
+    (quote,) = call_broker(lambda: adapter.get_quotes([request.symbol]))
+    balance = call_broker(lambda: adapter.get_balance(key))
+    positions = call_broker(lambda: adapter.get_positions(key))
+    orders = call_broker(lambda: adapter.list_orders(key, limit=200))
+    price = reference_price(request, quote)
+    today = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
+    live_today = [
+        o
+        for o in orders
+        if o.created_at >= today and o.status not in (OrderStatus.REJECTED, OrderStatus.CANCELLED)
+    ]
+    policy = risk.resolve_policy(resolved.connection)
+    window = timedelta(seconds=policy.duplicate_window_seconds or 0)
+    identical = [
+        o
+        for o in live_today
+        if o.created_at >= timezone.now() - window
+        and (o.symbol, o.side, o.quantity, o.order_type, o.limit_price, o.stop_price)
+        == (
+            request.symbol,
+            request.side,
+            request.quantity,
+            request.order_type,
+            request.limit_price,
+            request.stop_price,
+        )
+    ]
+    return risk.RiskContext(
+        request=request,
+        reference_price=price,
+        last_price=quote.last,
+        account_value=balance.account_value,
+        buying_power=balance.buying_power,
+        position_quantity=next(
+            (p.quantity for p in positions if p.symbol == request.symbol), Decimal(0)
+        ),
+        orders_today=len(live_today),
+        notional_today=sum(
+            (
+                o.quantity * (o.average_fill_price or o.limit_price or o.stop_price or price)
+                for o in live_today
+            ),
+            Decimal(0),
+        ),
+        identical_recent=len(identical) if window else 0,
+    )
+
+
 def preview_order(
     principal: Principal, account_id: str, request: OrderRequest
-) -> tuple[ResolvedAccount, Preview]:
+) -> tuple[ResolvedAccount, Preview, risk.RiskResult]:
+    """The broker's estimate and the risk checks the order would pass and fail."""
     resolved = resolve_account(principal, account_id)
-    return resolved, call_broker(lambda: resolved.adapter.preview_order(resolved.key, request))
+    checks = risk.evaluate(
+        risk.resolve_policy(resolved.connection), risk_context(resolved, request)
+    )
+    preview = call_broker(lambda: resolved.adapter.preview_order(resolved.key, request))
+    return resolved, preview, checks
 
 
 def get_watchlist(principal: Principal, name: str) -> Watchlist:
