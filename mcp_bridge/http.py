@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from urllib.parse import parse_qs
 
 from django.conf import settings
@@ -31,6 +32,16 @@ async def _refuse(
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def _challenge(value: bytes, sent_credentials: bool) -> bytes:
+    """Name the scopes; and with no credentials at all, no error code (RFC 6750 §3.1)."""
+    if not sent_credentials:
+        metadata = re.search(rb'resource_metadata="[^"]*"', value)
+        value = b"Bearer " + (metadata.group(0) if metadata else b"")
+    if b"scope=" not in value:
+        value += b', scope="read trade"'
+    return value
 
 
 class McpHttpGuard:
@@ -64,11 +75,13 @@ class McpHttpGuard:
             )
             return
 
+        sent_credentials = b"authorization" in headers
+
         async def send_with_scope(message: Message) -> None:
             if message["type"] == "http.response.start" and message["status"] == 401:
                 message["headers"] = [
-                    (name, value + b', scope="read trade"')
-                    if name.lower() == b"www-authenticate" and b"scope=" not in value
+                    (name, _challenge(value, sent_credentials))
+                    if name.lower() == b"www-authenticate"
                     else (name, value)
                     for name, value in message["headers"]
                 ]

@@ -10,7 +10,8 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
-from mcp.types import CallToolResult
+from mcp.shared.exceptions import MCPError
+from mcp.types import INVALID_PARAMS, CallToolResult
 
 from audit.events import Actor, record
 from controlplane.accesstokens import Principal
@@ -34,7 +35,7 @@ async def policy_middleware(
     name = params.get("name")
     spec = TOOLS.get(name) if isinstance(name, str) else None
     if spec is None:
-        return await call_next(ctx)  # the SDK answers an unknown tool with a protocol error
+        raise MCPError(INVALID_PARAMS, f"unknown tool {name!r}; tools/list names the tools")
     principal = current_principal()
     arguments = params.get("arguments") or {}
     started = time.perf_counter()

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mcp.server import MCPServer
-from mcp.server.mcpserver.exceptions import ResourceError
+from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 
 from controlplane.accesstokens import Principal
 from controlplane.errors import ControlPlaneError
@@ -22,6 +22,8 @@ async def _read(build: Callable[[Principal], dict[str, Any]]) -> str:
     try:
         data = await run_in_db_thread(build, current_principal())
     except ControlPlaneError as exc:
+        if exc.code == "not_found":
+            raise ResourceNotFoundError(f"{exc.code}: {exc.message}") from exc
         raise ResourceError(f"{exc.code}: {exc.message}") from exc
     return json.dumps(data, default=str)
 

@@ -95,6 +95,10 @@ def test_no_token_is_401_with_a_challenge_naming_the_metadata(
         f'resource_metadata="{server.public_url}/.well-known/oauth-protected-resource' in challenge
     )
     assert 'scope="read trade"' in challenge
+    assert "error=" not in challenge  # no credentials sent: no error code (RFC 6750 §3.1)
+    bad = raw_post(server.mcp_url, {"authorization": "Bearer nope"}).headers["www-authenticate"]
+    assert 'error="invalid_token"' in bad
+    assert 'scope="read trade"' in bad
 
 
 @pytest.mark.parametrize(
@@ -539,3 +543,27 @@ def test_preview_order_names_the_risk_checks_it_would_fail(
         "1500.00",
     )
     assert "would fail risk checks" in text_of(large)
+
+
+def test_protocol_errors_for_unknown_names_are_invalid_params(
+    server: McpServer, trader: UserCreds
+) -> None:
+    from mcp.shared.exceptions import MCPError
+
+    token = token_for(server, trader)
+
+    async def work(client: Any) -> list[int]:
+        codes = []
+        for attempt in (
+            lambda: client.call_tool("no_such_tool", {}),
+            lambda: client.get_prompt("no_such_prompt", {}),
+            lambda: client.get_prompt("portfolio_analysis", {"account_id": "bad"}),
+            lambda: client.read_resource("account://acct_0123456789abcdef/summary"),
+        ):
+            try:
+                await attempt()
+            except MCPError as exc:
+                codes.append(exc.error.code)
+        return codes
+
+    assert call(server.mcp_url, token, work) == [-32602] * 4
