@@ -27,12 +27,13 @@ BASE_PYTHON = $(shell $(FIND_PYTHON))
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/tradeplane
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: help install install-dev run test lint typecheck pytest check-services bench-mint clean
+.PHONY: help install install-dev run test lint typecheck pytest check-services bench-mint bench-mcp clean
 
 help:
 	@echo "make run         install, migrate, seed the demo and serve on http://$(HOST):$(PORT)"
 	@echo "make test        lint, type-check and run every test against PostgreSQL and Redis"
 	@echo "make bench-mint  benchmark POST /auth/tokens/user"
+	@echo "make bench-mcp   benchmark MCP tool calls against a bare MCP server"
 
 $(UV):
 	@py="$(BASE_PYTHON)"; if [ -z "$$py" ]; then echo "error: Python >= 3.12 not found (set PYTHON=/path/to/python3.12)" >&2; exit 1; fi; \
@@ -72,6 +73,10 @@ test: lint typecheck pytest
 bench-mint: check-services
 	DATABASE_URL="$${DATABASE_URL:-$(TEST_DATABASE_URL)}_bench" REDIS_URL="$${REDIS_URL:-$(TEST_REDIS_URL)}" \
 	  $(PY) -m bench.bench_mint
+
+bench-mcp: check-services
+	DATABASE_URL="$${DATABASE_URL:-$(TEST_DATABASE_URL)}_bench" REDIS_URL="$${REDIS_URL:-$(TEST_REDIS_URL)}" \
+	  $(PY) -m bench.bench_mcp
 
 clean:
 	rm -rf $(VENV) .uv var .mypy_cache .ruff_cache .pytest_cache

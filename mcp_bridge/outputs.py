@@ -10,13 +10,20 @@ from __future__ import annotations
 from dataclasses import fields, is_dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PlainSerializer, WithJsonSchema
 
 from controlplane.risk import CheckResult, RiskResult
 
 UNTRUSTED: Literal["untrusted_broker_data"] = "untrusted_broker_data"
+# Money and quantities leave as exact decimal strings; the schema says so in one line
+# (pydantic's default for Decimal repeats a long regex in every field of every tool).
+Amount = Annotated[
+    Decimal,
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string", "format": "decimal"}),
+]
 Environment = Literal["paper", "sandbox", "production"]
 
 
@@ -26,9 +33,7 @@ class Result(BaseModel):
 
 
 class BrokerResult(Result):
-    environment: Environment = Field(
-        description="paper (simulated), sandbox or production (real money)"
-    )
+    environment: Environment = Field(description="production is real money")
     broker: str
     trust: Literal["untrusted_broker_data"] = UNTRUSTED
 
@@ -75,9 +80,9 @@ class AccountList(Result):
 
 
 class BalanceData(BaseModel):
-    cash: Decimal
-    buying_power: Decimal
-    account_value: Decimal
+    cash: Amount
+    buying_power: Amount
+    account_value: Amount
     currency: str
     as_of: datetime
 
@@ -96,13 +101,13 @@ class BalanceResult(BrokerResult):
 
 class PositionData(BaseModel):
     symbol: str
-    quantity: Decimal = Field(description="negative for a short position")
-    average_cost: Decimal
-    cost_basis: Decimal
-    market_price: Decimal
-    market_value: Decimal
-    unrealized_pnl: Decimal
-    realized_pnl: Decimal
+    quantity: Amount = Field(description="negative for a short position")
+    average_cost: Amount
+    cost_basis: Amount
+    market_price: Amount
+    market_value: Amount
+    unrealized_pnl: Amount
+    realized_pnl: Amount
 
 
 class PositionsResult(BrokerResult):
@@ -117,11 +122,11 @@ class PositionsResult(BrokerResult):
 class QuoteData(BaseModel):
     symbol: str
     name: str
-    last: Decimal
-    bid: Decimal
-    ask: Decimal
-    change: Decimal
-    change_pct: Decimal
+    last: Amount
+    bid: Amount
+    ask: Amount
+    change: Amount
+    change_pct: Amount
     volume: int
     time: datetime
 
@@ -129,8 +134,8 @@ class QuoteData(BaseModel):
 class PositionDetailsData(BaseModel):
     position: PositionData
     quote: QuoteData
-    weight_pct: Decimal = Field(description="market value as % of account value")
-    unrealized_pnl_pct: Decimal
+    weight_pct: Amount = Field(description="market value as % of account value")
+    unrealized_pnl_pct: Amount
 
 
 class PositionDetailsResult(BrokerResult):
@@ -155,8 +160,8 @@ class QuotesResult(BrokerResult):
 
 class FillData(BaseModel):
     fill_id: str
-    quantity: Decimal
-    price: Decimal
+    quantity: Amount
+    price: Amount
     time: datetime
 
 
@@ -164,15 +169,15 @@ class OrderData(BaseModel):
     order_id: str
     symbol: str
     side: str
-    quantity: Decimal
+    quantity: Amount
     order_type: str
-    limit_price: Decimal | None
-    stop_price: Decimal | None
+    limit_price: Amount | None
+    stop_price: Amount | None
     time_in_force: str
     extended_hours: bool
     status: str
-    filled_quantity: Decimal
-    average_fill_price: Decimal | None
+    filled_quantity: Amount
+    average_fill_price: Amount | None
     created_at: datetime
     updated_at: datetime
     fills: list[FillData]
@@ -205,11 +210,11 @@ class TransactionData(BaseModel):
     transaction_id: str
     transaction_type: str
     time: datetime
-    amount: Decimal
+    amount: Amount
     description: str
     symbol: str
-    quantity: Decimal | None
-    price: Decimal | None
+    quantity: Amount | None
+    price: Amount | None
     order_id: str
 
 
@@ -248,9 +253,9 @@ def risk_summary(result: RiskResult) -> RiskSummary:
 
 
 class PreviewData(BaseModel):
-    estimated_total: Decimal
-    commission: Decimal
-    estimated_price: Decimal
+    estimated_total: Amount
+    commission: Amount
+    estimated_price: Amount
     warnings: list[str]
 
 

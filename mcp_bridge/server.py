@@ -51,6 +51,21 @@ class TradeplaneServer(MCPServer):
             raise MCPError(INVALID_PARAMS, f"invalid_argument: {exc}") from None
 
 
+def without_titles(schema: Any, drop: tuple[str, ...] = ()) -> Any:
+    """Pydantic titles every property after its own name; clients gain nothing from them and
+    they make up much of tools/list."""
+    if isinstance(schema, dict):
+        # A property that is itself named "title" maps to a dict, so it stays.
+        return {
+            key: without_titles(value, drop)
+            for key, value in schema.items()
+            if not ((key == "title" and isinstance(value, str)) or key in drop)
+        }
+    if isinstance(schema, list):
+        return [without_titles(item, drop) for item in schema]
+    return schema
+
+
 def request_state_keys() -> list[bytes]:
     """The same on every process (derived from SECRET_KEY), so a 2026-07-28 multi-round-trip
     call may continue on any process."""
@@ -78,7 +93,15 @@ def build_server() -> MCPServer:
         mcp.tool(name=name, title=spec.title, annotations=spec.annotations)(spec.fn)
     for registered in mcp._tool_manager.list_tools():
         # Unknown fields are refused (by the policy), and the schema says so.
+        registered.parameters = without_titles(registered.parameters)
         registered.parameters["additionalProperties"] = False
+        metadata = registered.fn_metadata
+        if metadata.output_schema is not None:
+            # Defaults and `required` say little about a result (every field is always
+            # present); dropping them keeps the full tools/list under 20 KB.
+            metadata.output_schema = without_titles(
+                metadata.output_schema, drop=("default", "required")
+            )
     register_resources(mcp)
     register_prompts(mcp)
     return mcp

@@ -30,7 +30,7 @@ AccountId = Annotated[
     str,
     Field(
         pattern=r"^acct_[0-9a-f]{16}$",
-        description="Tradeplane account id, from list_accounts (e.g. acct_0123456789abcdef)",
+        description="An account_id from list_accounts",
     ),
 ]
 Symbol = Annotated[

@@ -567,3 +567,29 @@ def test_protocol_errors_for_unknown_names_are_invalid_params(
         return codes
 
     assert call(server.mcp_url, token, work) == [-32602] * 4
+
+
+def test_the_full_scope_tools_list_stays_under_20_kb(server: McpServer, trader: UserCreds) -> None:
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/list",
+        "params": {
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {},
+            }
+        },
+    }
+    response = raw_post(
+        server.mcp_url,
+        {
+            "authorization": f"Bearer {token_for(server, trader)}",
+            "mcp-method": "tools/list",
+            "mcp-name": "",
+        },
+        body,
+    )
+    assert response.status_code == 200
+    assert len(response.json()["result"]["tools"]) == len(READ_TOOLS)
+    assert len(response.content) <= 20 * 1024
