@@ -91,6 +91,9 @@ class BrokerErrorCode(StrEnum):
     AUTH_EXPIRED = "auth_expired"
     UNAVAILABLE = "unavailable"
     UNSUPPORTED = "unsupported"
+    # The request may have reached the broker but no answer came (timeout, lost response):
+    # never retried under a new id; reconciliation finds out what happened.
+    OUTCOME_UNKNOWN = "outcome_unknown"
 
 
 # Codes that may succeed if the same call is made again later.

@@ -81,3 +81,33 @@ class BrokerFailure(ControlPlaneError):
         self.error = error
         if error.transient:
             self.code, self.status = "broker_unavailable", HTTPStatus.SERVICE_UNAVAILABLE
+
+
+class TradingDisabled(ControlPlaneError):
+    code = "trading_disabled"
+    status = HTTPStatus.FORBIDDEN
+
+
+class TradingHalted(ControlPlaneError):
+    code = "trading_halted"
+    status = HTTPStatus.FORBIDDEN
+
+
+class RiskRejected(ControlPlaneError):
+    code = "risk_rejected"
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+
+
+class ConfirmationExpired(ControlPlaneError):
+    code = "confirmation_expired"
+    status = HTTPStatus.GONE
+
+
+class ConfirmationUsed(ControlPlaneError):
+    code = "confirmation_used"
+    status = HTTPStatus.CONFLICT
+
+
+class AwaitingApproval(ControlPlaneError):
+    code = "awaiting_approval"
+    status = HTTPStatus.CONFLICT

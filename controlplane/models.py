@@ -334,3 +334,90 @@ class Watchlist(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({len(self.symbols)} symbols)"
+
+
+class PendingTrade(models.Model):
+    """A proposed order or cancel that only `confirm_trade` (or an accepted elicitation) can
+    send to the broker, once, before `expires_at`.
+
+    The confirmation is bound to its end user and to a hash of the exact normalized order
+    and account; `client_order_id` is derived from the confirmation so that a retry can
+    never make a second order at the broker.
+    """
+
+    class Kind(models.TextChoices):
+        ORDER = "order"
+        CANCEL = "cancel"
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        AWAITING_APPROVAL = "awaiting_approval"
+        SUBMITTING = "submitting"
+        SUBMITTED = "submitted"
+        REJECTED = "rejected"
+        FAILED = "failed"
+        EXPIRED = "expired"
+        UNKNOWN = "unknown"
+
+    OPEN_STATUSES = (Status.PENDING, Status.AWAITING_APPROVAL)
+    # Trades that count against daily limits before any fill: the broker may act on them.
+    EXPOSED_STATUSES = (
+        Status.PENDING,
+        Status.AWAITING_APPROVAL,
+        Status.SUBMITTING,
+        Status.SUBMITTED,
+        Status.UNKNOWN,
+    )
+
+    confirmation_id = models.CharField(max_length=64, unique=True, editable=False)
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.ORDER)
+    end_user = models.ForeignKey(EndUser, on_delete=models.PROTECT, related_name="trades")
+    connection = models.ForeignKey(
+        BrokerConnection, on_delete=models.PROTECT, related_name="trades"
+    )
+    account = models.ForeignKey(BrokerAccount, on_delete=models.PROTECT, related_name="trades")
+    order = models.JSONField(help_text="The normalized order (or the order id to cancel).")
+    order_hash = models.CharField(max_length=64, db_index=True, editable=False)
+    notional = models.DecimalField(max_digits=20, decimal_places=4, default=0)
+    summary = models.CharField(max_length=500)
+    risk = models.JSONField(default=dict)
+    estimate = models.JSONField(default=dict)
+    broker_preview_id = models.CharField(max_length=128, blank=True)
+    client_order_id = models.CharField(max_length=20, unique=True, editable=False)
+    status = models.CharField(
+        max_length=20, choices=Status.choices, default=Status.PENDING, db_index=True
+    )
+    status_reason = models.CharField(max_length=500, blank=True)
+    broker_order_id = models.CharField(max_length=128, blank=True)
+    created_by_jti = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    expires_at = models.DateTimeField(db_index=True)
+    approved_by = models.CharField(max_length=150, blank=True)
+    approved_at = models.DateTimeField(null=True, blank=True)
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["end_user", "status", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.summary} [{self.status}]"
+
+
+class GlobalTradingHalt(models.Model):
+    """The kill switch for every platform at once: a single row (pk 1)."""
+
+    halted = models.BooleanField(default=False)
+    reason = models.CharField(max_length=500, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "global trading halt"
+
+    def __str__(self) -> str:
+        return "Trading halted everywhere" if self.halted else "Trading allowed"
+
+    @classmethod
+    def is_halted(cls) -> bool:
+        return cls.objects.filter(pk=1, halted=True).exists()

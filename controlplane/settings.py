@@ -241,6 +241,10 @@ TRADEPLANE_TRADE_RATE_LIMIT_PER_MINUTE = env_int(
 # With Redis unreachable trade tools always fail closed; read tools follow this.
 TRADEPLANE_READ_LIMIT_FAIL_CLOSED = env_bool("TRADEPLANE_READ_LIMIT_FAIL_CLOSED", True)
 
+# ---- Trading -----------------------------------------------------------------------------
+# How long a confirmation_id from create_order can be confirmed.
+CONFIRMATION_TTL_SECONDS = env_int("CONFIRMATION_TTL_SECONDS", 120, minimum=10, maximum=3600)
+
 # ---- Paper broker ------------------------------------------------------------------------
 PAPER_STARTING_CASH = env_str("PAPER_STARTING_CASH") or "100000"
 PAPER_SECOND_ACCOUNT = env_bool("PAPER_SECOND_ACCOUNT", False)

@@ -20,20 +20,18 @@ UNTRUSTED: Literal["untrusted_broker_data"] = "untrusted_broker_data"
 # Money and quantities leave as exact decimal strings; the schema says so in one line
 # (pydantic's default for Decimal repeats a long regex in every field of every tool).
 Amount = Annotated[
-    Decimal,
-    PlainSerializer(str, return_type=str),
-    WithJsonSchema({"type": "string", "format": "decimal"}),
+    Decimal, PlainSerializer(str, return_type=str), WithJsonSchema({"type": "string"})
 ]
 Environment = Literal["paper", "sandbox", "production"]
 
 
 class Result(BaseModel):
-    def summary(self) -> str:
+    def describe(self) -> str:
         raise NotImplementedError
 
 
 class BrokerResult(Result):
-    environment: Environment = Field(description="production is real money")
+    environment: Environment
     broker: str
     trust: Literal["untrusted_broker_data"] = UNTRUSTED
 
@@ -53,7 +51,7 @@ class WhoAmI(Result):
     token_expires_at: datetime
     connections: list[ConnectionInfo]
 
-    def summary(self) -> str:
+    def describe(self) -> str:
         return (
             f"user {self.user_id} of {self.platform}, scopes {' '.join(self.scopes)}, "
             f"{len(self.connections)} connection(s)"
@@ -73,7 +71,7 @@ class AccountList(Result):
     trust: Literal["untrusted_broker_data"] = UNTRUSTED
     accounts: list[AccountInfo]
 
-    def summary(self) -> str:
+    def describe(self) -> str:
         return f"{len(self.accounts)} account(s): " + ", ".join(
             f"{a.account_id} ({a.name}, {a.environment})" for a in self.accounts
         )
@@ -91,7 +89,7 @@ class BalanceResult(BrokerResult):
     account_id: str
     data: BalanceData
 
-    def summary(self) -> str:
+    def describe(self) -> str:
         d = self.data
         return (
             f"{self.account_id} ({self.environment}): cash {d.cash} {d.currency}, "
@@ -114,7 +112,7 @@ class PositionsResult(BrokerResult):
     account_id: str
     data: list[PositionData]
 
-    def summary(self) -> str:
+    def describe(self) -> str:
         held = ", ".join(f"{p.quantity} {p.symbol}" for p in self.data) or "no positions"
         return f"{self.account_id} ({self.environment}): {held}"
 
@@ -142,7 +140,7 @@ class PositionDetailsResult(BrokerResult):
     account_id: str
     data: PositionDetailsData
 
-    def summary(self) -> str:
+    def describe(self) -> str:
         p = self.data.position
         return (
             f"{p.quantity} {p.symbol} at avg {p.average_cost}, now {p.market_price}: "
@@ -154,7 +152,7 @@ class PositionDetailsResult(BrokerResult):
 class QuotesResult(BrokerResult):
     data: list[QuoteData]
 
-    def summary(self) -> str:
+    def describe(self) -> str:
         return "; ".join(f"{q.symbol} {q.last} ({q.change_pct:+}%)" for q in self.data)
 
 
@@ -184,11 +182,27 @@ class OrderData(BaseModel):
     reason: str
 
 
+class OrderLine(BaseModel):
+    """An order in a list; get_order gives its fills."""
+
+    order_id: str
+    symbol: str
+    side: str
+    quantity: Amount
+    order_type: str
+    limit_price: Amount | None
+    stop_price: Amount | None
+    status: str
+    filled_quantity: Amount
+    average_fill_price: Amount | None
+    created_at: datetime
+
+
 class OrdersResult(BrokerResult):
     account_id: str
-    data: list[OrderData]
+    data: list[OrderLine]
 
-    def summary(self) -> str:
+    def describe(self) -> str:
         return f"{len(self.data)} order(s): " + ", ".join(
             f"{o.order_id} {o.side} {o.quantity} {o.symbol} {o.status}" for o in self.data
         )
@@ -198,7 +212,7 @@ class OrderResult(BrokerResult):
     account_id: str
     data: OrderData
 
-    def summary(self) -> str:
+    def describe(self) -> str:
         o = self.data
         return (
             f"order {o.order_id}: {o.side} {o.quantity} {o.symbol} {o.order_type} "
@@ -222,7 +236,7 @@ class TransactionsResult(BrokerResult):
     account_id: str
     data: list[TransactionData]
 
-    def summary(self) -> str:
+    def describe(self) -> str:
         return f"{len(self.data)} transaction(s)"
 
 
@@ -266,7 +280,7 @@ class PreviewResult(BrokerResult):
     risk: RiskSummary
     note: str = "A preview only: nothing was created or sent. Trades use create_order."
 
-    def summary(self) -> str:
+    def describe(self) -> str:
         failed = ", ".join(c.name for c in self.risk.failed)
         return (
             f"{self.order['side']} {self.order['quantity']} {self.order['symbol']}: "
@@ -277,6 +291,7 @@ class PreviewResult(BrokerResult):
 
 class PendingTradeInfo(BaseModel):
     confirmation_id: str
+    kind: str
     status: str
     summary: str
     expires_at: datetime
@@ -285,7 +300,7 @@ class PendingTradeInfo(BaseModel):
 class PendingTradesResult(Result):
     pending: list[PendingTradeInfo]
 
-    def summary(self) -> str:
+    def describe(self) -> str:
         return f"{len(self.pending)} trade(s) awaiting confirmation"
 
 
@@ -293,7 +308,7 @@ class WatchlistResult(Result):
     name: str
     symbols: list[str]
 
-    def summary(self) -> str:
+    def describe(self) -> str:
         return f"watchlist {self.name}: {', '.join(self.symbols) or 'empty'}"
 
 
@@ -306,3 +321,22 @@ def plain(value: Any) -> Any:
     if hasattr(value, "value") and isinstance(value.value, str):
         return value.value
     return value
+
+
+class TradeResult(Result):
+    """A trade proposal or its outcome; the summary is what the person must see."""
+
+    confirmation_id: str
+    kind: str
+    status: str
+    summary: str
+    account_id: str
+    environment: Environment
+    expires_at: datetime
+    estimate: dict[str, Any]
+    risk: dict[str, Any]
+    broker_order_id: str
+    next_step: str
+
+    def describe(self) -> str:
+        return f"{self.summary} [{self.status}] {self.next_step}"

@@ -35,6 +35,7 @@ INSTRUCTIONS = """Tradeplane gives you permissioned access to the user's brokera
   sends it, once, within 2 minutes.
 - Never call confirm_trade on your own: show the person the summary and confirm only after
   they explicitly say yes to that exact trade.
+- Money and quantities are exact decimal strings; times are ISO 8601 UTC.
 - Errors start with a code (not_found, invalid_argument, rate_limited, broker_error, ...)
   followed by what to do next."""
 
@@ -52,18 +53,27 @@ class TradeplaneServer(MCPServer):
 
 
 def without_titles(schema: Any, drop: tuple[str, ...] = ()) -> Any:
-    """Pydantic titles every property after its own name; clients gain nothing from them and
-    they make up much of tools/list."""
-    if isinstance(schema, dict):
-        # A property that is itself named "title" maps to a dict, so it stays.
-        return {
-            key: without_titles(value, drop)
-            for key, value in schema.items()
-            if not ((key == "title" and isinstance(value, str)) or key in drop)
-        }
+    """The same schema, smaller: pydantic titles every property after its own name and
+    spells `X | None` as an anyOf; clients gain nothing from the length, and tools/list is
+    sent to every model on every session."""
     if isinstance(schema, list):
         return [without_titles(item, drop) for item in schema]
-    return schema
+    if not isinstance(schema, dict):
+        return schema
+    # A property that is itself named "title" maps to a dict, so it stays.
+    compact = {
+        key: without_titles(value, drop)
+        for key, value in schema.items()
+        if not ((key == "title" and isinstance(value, str)) or key in drop)
+    }
+    options = compact.get("anyOf")
+    if isinstance(options, list) and len(options) == 2 and {"type": "null"} in options:
+        (other,) = [o for o in options if o != {"type": "null"}]
+        if isinstance(other, dict) and "type" in other and "anyOf" not in other:
+            types = other["type"] if isinstance(other["type"], list) else [other["type"]]
+            del compact["anyOf"]
+            compact = {**other, **compact, "type": [*types, "null"]}
+    return compact
 
 
 def request_state_keys() -> list[bytes]:
@@ -97,10 +107,11 @@ def build_server() -> MCPServer:
         registered.parameters["additionalProperties"] = False
         metadata = registered.fn_metadata
         if metadata.output_schema is not None:
-            # Defaults and `required` say little about a result (every field is always
-            # present); dropping them keeps the full tools/list under 20 KB.
+            # Defaults, `required` and formats say little about a result (every field is
+            # always present; the instructions say how money and times are written);
+            # dropping them keeps the full tools/list under 20 KB.
             metadata.output_schema = without_titles(
-                metadata.output_schema, drop=("default", "required")
+                metadata.output_schema, drop=("default", "required", "format")
             )
     register_resources(mcp)
     register_prompts(mcp)

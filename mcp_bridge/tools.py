@@ -7,6 +7,7 @@ mcp_bridge.policy, around all tools alike.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -15,13 +16,13 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
-from pydantic import Field
+from pydantic import Field, WithJsonSchema
 
 from brokers.base import OrderRequest, OrderStatus, OrderType, Side, TimeInForce
 from controlplane.accesstokens import Principal
 from controlplane.errors import ControlPlaneError, InvalidArgument, NotFound
 from controlplane.models import Scope
-from controlplane.services import portfolio
+from controlplane.services import portfolio, trading
 from mcp_bridge import outputs
 from mcp_bridge.auth import current_principal, run_in_db_thread
 from mcp_bridge.errors import tool_error
@@ -40,12 +41,16 @@ Symbol = Annotated[
         description="Ticker symbol, e.g. AAPL or BRK.B",
     ),
 ]
+# Validated by pydantic as exact decimals; published compactly as "a number or a string".
 Quantity = Annotated[
     Decimal,
-    Field(gt=0, le=10_000_000, allow_inf_nan=False, description="Number of shares (whole)"),
+    Field(gt=0, le=10_000_000, allow_inf_nan=False),
+    WithJsonSchema({"type": ["number", "string"], "description": "Whole shares, > 0"}),
 ]
 Price = Annotated[
-    Decimal, Field(gt=0, le=10_000_000, allow_inf_nan=False, description="Price in USD")
+    Decimal,
+    Field(gt=0, le=10_000_000, allow_inf_nan=False),
+    WithJsonSchema({"type": ["number", "string"], "description": "USD, > 0"}),
 ]
 OrderId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 Limit = Annotated[int, Field(ge=1, le=200, description="Most recent first, at most this many")]
@@ -53,8 +58,11 @@ WatchlistName = Annotated[
     str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Watchlist name, e.g. default")
 ]
 
-READ_ONLY = ToolAnnotations(
-    read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=True
+# Hints other than readOnlyHint mean nothing on a read-only tool, and openWorldHint
+# defaults to true: leaving them out keeps tools/list small.
+READ_ONLY = ToolAnnotations(read_only_hint=True)
+TRADES = ToolAnnotations(
+    read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=True
 )
 WRITES_OWN_DATA = ToolAnnotations(
     read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False
@@ -88,7 +96,7 @@ async def respond(build: Callable[[Principal], outputs.Result]) -> CallToolResul
         result = await run_in_db_thread(build, principal)
     except ControlPlaneError as exc:
         return tool_error(exc.code, exc.message)
-    text = result.summary()
+    text = result.describe()
     if getattr(result, "trust", None) == outputs.UNTRUSTED:
         text = f"[untrusted broker data] {text}"
     return CallToolResult(
@@ -315,7 +323,7 @@ def order_request(
 
 SideArg = Annotated[
     Literal["BUY", "SELL", "SELL_SHORT", "BUY_TO_COVER"],
-    Field(description="BUY, SELL (a long position), SELL_SHORT or BUY_TO_COVER"),
+    Field(description="SELL closes a long position; SELL_SHORT opens a short one"),
 ]
 OrderTypeArg = Annotated[
     Literal["MARKET", "LIMIT", "STOP", "STOP_LIMIT"],
@@ -368,7 +376,18 @@ async def list_pending_trades() -> Annotated[CallToolResult, outputs.PendingTrad
     """Trades proposed with create_order that still await the person's confirmation."""
 
     def build(principal: Principal) -> outputs.PendingTradesResult:
-        return outputs.PendingTradesResult(pending=[])
+        return outputs.PendingTradesResult(
+            pending=[
+                outputs.PendingTradeInfo(
+                    confirmation_id=t.confirmation_id,
+                    kind=t.kind,
+                    status=t.status,
+                    summary=t.summary,
+                    expires_at=t.expires_at,
+                )
+                for t in trading.open_trades(principal)
+            ]
+        )
 
     return await respond(build)
 
@@ -403,3 +422,88 @@ async def remove_from_watchlist(
         return outputs.WatchlistResult(name=watchlist.name, symbols=watchlist.symbols)
 
     return await respond(build)
+
+
+NEXT_STEP = {
+    "pending": "Show the person this summary; call confirm_trade only after they say yes.",
+    "awaiting_approval": "An operator must approve it first; confirm_trade answers "
+    "awaiting_approval until then.",
+    "submitted": "Sent to the broker; follow it with get_order.",
+}
+
+
+def trade_result(trade: Any) -> outputs.TradeResult:
+    return outputs.TradeResult(
+        confirmation_id=trade.confirmation_id,
+        kind=trade.kind,
+        status=trade.status,
+        summary=trade.summary,
+        account_id=trade.account_id,
+        environment=trade.connection.environment,
+        expires_at=trade.expires_at,
+        estimate=trade.estimate,
+        risk=trade.risk,
+        broker_order_id=trade.broker_order_id,
+        next_step=NEXT_STEP.get(trade.status, ""),
+    )
+
+
+@tool(Scope.TRADE, "Create order (needs confirmation)", TRADES)
+async def create_order(
+    account_id: AccountId,
+    symbol: Symbol,
+    side: SideArg,
+    quantity: Quantity,
+    order_type: OrderTypeArg,
+    limit_price: Price | None = None,
+    stop_price: Price | None = None,
+    time_in_force: TimeInForceArg = "DAY",
+    extended_hours: bool = False,
+) -> Annotated[CallToolResult, outputs.TradeResult]:
+    """Propose an order: risk checks and a broker preview, then a confirmation_id valid for
+    2 minutes. Nothing is sent. Show the person the summary; only confirm_trade sends it."""
+
+    def build(principal: Principal) -> outputs.TradeResult:
+        request = order_request(
+            symbol,
+            side,
+            quantity,
+            order_type,
+            limit_price,
+            stop_price,
+            time_in_force,
+            extended_hours,
+        )
+        return trade_result(trading.create_order(principal, account_id, request))
+
+    return await respond(build)
+
+
+@tool(Scope.TRADE, "Cancel order (needs confirmation)", TRADES)
+async def cancel_order(
+    account_id: AccountId, order_id: OrderId
+) -> Annotated[CallToolResult, outputs.TradeResult]:
+    """Propose cancelling an open order; returns a confirmation_id that confirm_trade sends."""
+
+    def build(principal: Principal) -> outputs.TradeResult:
+        return trade_result(trading.create_cancel(principal, account_id, order_id))
+
+    return await respond(build)
+
+
+@tool(Scope.TRADE, "Confirm trade", TRADES)
+async def confirm_trade(
+    confirmation_id: Annotated[
+        str,
+        Field(pattern=r"^cf_[A-Za-z0-9_-]{32}$", description="From create_order or cancel_order"),
+    ],
+) -> Annotated[CallToolResult, outputs.TradeResult]:
+    """Send a proposed order or cancel to the broker, once. Only after the person has
+    explicitly said yes to its summary; never on your own initiative."""
+
+    def build(principal: Principal) -> outputs.TradeResult:
+        return trade_result(trading.confirm_trade(principal, confirmation_id))
+
+    # Shielded: once submission starts it runs to a recorded outcome even if the client
+    # goes away (the worker thread finishes regardless).
+    return await asyncio.shield(respond(build))

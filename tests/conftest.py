@@ -119,3 +119,7 @@ def committed_db(_fresh_connection_after: None, transactional_db: None) -> Itera
     """A database whose writes really commit (for threads, processes and servers)."""
     yield
     allow_audit_flush()
+
+
+# The real-MCP-server fixtures, for every test module that asks for them.
+from tests.mcp_harness import server, trader  # noqa: E402, F401

@@ -17,9 +17,16 @@ from typing import Any
 
 import httpx
 import httpx2
+import pytest
 from django.conf import settings
+from django.test import override_settings
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+
+from controlplane.models import ALL_SCOPES
+from controlplane.services.connections import create_connection
+from controlplane.services.tokens import issue_token
+from tests.conftest import OPERATOR, UserCreds, make_platform, make_user
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -169,3 +176,37 @@ def raw_post(url: str, headers: dict[str, str], body: Any = None, **kwargs: Any)
 
 def text_of(result: Any) -> str:
     return " ".join(getattr(block, "text", "") for block in result.content)
+
+
+# ---- Fixtures and helpers shared by the MCP test modules -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(
+    django_db_setup: None, django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[McpServer]:
+    with run_server(tmp_path_factory.mktemp("mcp")) as running:
+        yield running
+
+
+@pytest.fixture
+def trader(committed_db: None) -> UserCreds:
+    user = make_user(make_platform("Acme"), "alice")
+    create_connection(
+        user.user, broker="paper", environment=None, trading_requested=True, actor=OPERATOR
+    )
+    return user
+
+
+def token_for(server: McpServer, user: UserCreds, scopes: frozenset[str] = ALL_SCOPES) -> str:
+    with override_settings(
+        TRADEPLANE_PUBLIC_URL=server.public_url, TRADEPLANE_MCP_URL=f"{server.public_url}/mcp"
+    ):
+        return issue_token(user.platform.platform, user.user, scopes, actor=OPERATOR).access_token
+
+
+def first_account(server: McpServer, token: str) -> str:
+    result = call_tool(server.mcp_url, token, "list_accounts", {})
+    assert not result.is_error, text_of(result)
+    account_id: str = result.structured_content["accounts"][0]["account_id"]
+    return account_id

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,6 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from django.test import override_settings
 
 from audit.models import AuditEvent
 from brokers.paper.models import PaperPreview
@@ -28,11 +26,14 @@ from tests.mcp_harness import (
     McpServer,
     call,
     call_tool,
+    first_account,
     raw_post,
     run_server,
     text_of,
+    token_for,
 )
 
+TRADE_TOOLS = {"create_order", "cancel_order", "confirm_trade"}
 READ_TOOLS = {
     "whoami",
     "list_accounts",
@@ -48,37 +49,6 @@ READ_TOOLS = {
     "add_to_watchlist",
     "remove_from_watchlist",
 }
-
-
-@pytest.fixture(scope="module")
-def server(
-    django_db_setup: None, django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[McpServer]:
-    with run_server(tmp_path_factory.mktemp("mcp")) as running:
-        yield running
-
-
-@pytest.fixture
-def trader(committed_db: None) -> UserCreds:
-    user = make_user(make_platform("Acme"), "alice")
-    create_connection(
-        user.user, broker="paper", environment=None, trading_requested=True, actor=OPERATOR
-    )
-    return user
-
-
-def token_for(server: McpServer, user: UserCreds, scopes: frozenset[str] = ALL_SCOPES) -> str:
-    with override_settings(
-        TRADEPLANE_PUBLIC_URL=server.public_url, TRADEPLANE_MCP_URL=f"{server.public_url}/mcp"
-    ):
-        return issue_token(user.platform.platform, user.user, scopes, actor=OPERATOR).access_token
-
-
-def first_account(server: McpServer, token: str) -> str:
-    result = call_tool(server.mcp_url, token, "list_accounts", {})
-    assert not result.is_error, text_of(result)
-    account_id: str = result.structured_content["accounts"][0]["account_id"]
-    return account_id
 
 
 # ---- HTTP-level authentication ---------------------------------------------------------------
@@ -249,7 +219,9 @@ def test_every_read_tool_works_against_the_paper_broker(
         return results
 
     results = call(server.mcp_url, token, work, mode=mode)
-    assert set(results["tools"]) == READ_TOOLS
+    assert set(results["tools"]) == READ_TOOLS | TRADE_TOOLS
+    assert results["tools"]["confirm_trade"].annotations.destructive_hint is True
+    assert results["tools"]["confirm_trade"].annotations.idempotent_hint is False
     assert results["tools"]["get_quotes"].annotations.read_only_hint is True
     assert results["tools"]["get_quotes"].input_schema["additionalProperties"] is False
     assert results["tools"]["get_quotes"].output_schema is not None
@@ -398,7 +370,7 @@ def test_tools_are_listed_and_refused_by_scope(server: McpServer, trader: UserCr
         return await client.list_tools(), await client.call_tool("whoami", {})
 
     listed, refused = call(server.mcp_url, trade_only, work)
-    assert {tool.name for tool in listed.tools} == set()
+    assert {tool.name for tool in listed.tools} == TRADE_TOOLS
     assert refused.is_error
     assert text_of(refused).startswith("forbidden_scope:")
     event = AuditEvent.objects.filter(action="tool.call", target="tool:whoami").last()
@@ -591,5 +563,5 @@ def test_the_full_scope_tools_list_stays_under_20_kb(server: McpServer, trader: 
         body,
     )
     assert response.status_code == 200
-    assert len(response.json()["result"]["tools"]) == len(READ_TOOLS)
+    assert len(response.json()["result"]["tools"]) == len(READ_TOOLS | TRADE_TOOLS)
     assert len(response.content) <= 20 * 1024

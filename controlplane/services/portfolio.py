@@ -200,27 +200,52 @@ def reference_price(request: OrderRequest, quote: Quote) -> Decimal:
     return quote.ask if request.side.is_buy else quote.bid
 
 
-def risk_context(resolved: ResolvedAccount, request: OrderRequest) -> risk.RiskContext:
+@dataclass(frozen=True)
+class BrokerDay:
+    """Today's live orders at the broker (not rejected or cancelled)."""
+
+    orders: list[Order]
+    fallback_price: Decimal
+
+    def notional(self, orders: list[Order]) -> Decimal:
+        return sum(
+            (
+                o.quantity
+                * (o.average_fill_price or o.limit_price or o.stop_price or self.fallback_price)
+                for o in orders
+            ),
+            Decimal(0),
+        )
+
+
+def risk_context_and_day(
+    resolved: ResolvedAccount, request: OrderRequest
+) -> tuple[risk.RiskContext, BrokerDay]:
     """The broker-side facts the risk checks need: price, balance, position and today's
-    orders at the broker (trades still awaiting confirmation are added by the trading flow)."""
+    orders at the broker. Trades awaiting confirmation are added by the trading service."""
     adapter, key = resolved.adapter, resolved.key
     (quote,) = call_broker(lambda: adapter.get_quotes([request.symbol]))
     balance = call_broker(lambda: adapter.get_balance(key))
     positions = call_broker(lambda: adapter.get_positions(key))
     orders = call_broker(lambda: adapter.list_orders(key, limit=200))
     price = reference_price(request, quote)
-    today = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
-    live_today = [
-        o
-        for o in orders
-        if o.created_at >= today and o.status not in (OrderStatus.REJECTED, OrderStatus.CANCELLED)
-    ]
+    now = timezone.now()
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    day = BrokerDay(
+        [
+            o
+            for o in orders
+            if o.created_at >= today
+            and o.status not in (OrderStatus.REJECTED, OrderStatus.CANCELLED)
+        ],
+        price,
+    )
     policy = risk.resolve_policy(resolved.connection)
     window = timedelta(seconds=policy.duplicate_window_seconds or 0)
     identical = [
         o
-        for o in live_today
-        if o.created_at >= timezone.now() - window
+        for o in day.orders
+        if o.created_at >= now - window
         and (o.symbol, o.side, o.quantity, o.order_type, o.limit_price, o.stop_price)
         == (
             request.symbol,
@@ -231,7 +256,7 @@ def risk_context(resolved: ResolvedAccount, request: OrderRequest) -> risk.RiskC
             request.stop_price,
         )
     ]
-    return risk.RiskContext(
+    ctx = risk.RiskContext(
         request=request,
         reference_price=price,
         last_price=quote.last,
@@ -240,16 +265,11 @@ def risk_context(resolved: ResolvedAccount, request: OrderRequest) -> risk.RiskC
         position_quantity=next(
             (p.quantity for p in positions if p.symbol == request.symbol), Decimal(0)
         ),
-        orders_today=len(live_today),
-        notional_today=sum(
-            (
-                o.quantity * (o.average_fill_price or o.limit_price or o.stop_price or price)
-                for o in live_today
-            ),
-            Decimal(0),
-        ),
+        orders_today=len(day.orders),
+        notional_today=day.notional(day.orders),
         identical_recent=len(identical) if window else 0,
     )
+    return ctx, day
 
 
 def preview_order(
@@ -257,9 +277,8 @@ def preview_order(
 ) -> tuple[ResolvedAccount, Preview, risk.RiskResult]:
     """The broker's estimate and the risk checks the order would pass and fail."""
     resolved = resolve_account(principal, account_id)
-    checks = risk.evaluate(
-        risk.resolve_policy(resolved.connection), risk_context(resolved, request)
-    )
+    ctx, _ = risk_context_and_day(resolved, request)
+    checks = risk.evaluate(risk.resolve_policy(resolved.connection), ctx)
     preview = call_broker(lambda: resolved.adapter.preview_order(resolved.key, request))
     return resolved, preview, checks
 
