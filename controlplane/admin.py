@@ -5,15 +5,26 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ActionForm
 from django.db import transaction
 from django.db.models import Model, QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest
 
 from audit.events import Actor, record
-from controlplane.models import BrokerConnection, EndUser, IssuedToken, Platform, RiskPolicy
-from controlplane.services import connections, platforms, tokens, users
+from controlplane.errors import ControlPlaneError
+from controlplane.models import (
+    BrokerConnection,
+    EndUser,
+    GlobalTradingHalt,
+    IssuedToken,
+    PendingTrade,
+    Platform,
+    RiskPolicy,
+)
+from controlplane.services import connections, platforms, tokens, trading, users
 
 admin.site.site_header = "Tradeplane operations"
 admin.site.site_title = "Tradeplane"
@@ -290,3 +301,120 @@ class IssuedTokenAdmin(admin.ModelAdmin[IssuedToken]):
             )
             count += 1
         messages.success(request, f"{count} token(s) revoked.")
+
+
+class TradeActionForm(ActionForm):
+    reason = forms.CharField(
+        required=False,
+        max_length=500,
+        widget=forms.TextInput(attrs={"placeholder": "reason (to reject)"}),
+    )
+
+
+class AwaitingApprovalFilter(admin.SimpleListFilter):
+    title = "queue"
+    parameter_name = "queue"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("approval", "Awaiting approval"), ("open", "Open (pending or awaiting)")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() == "approval":
+            return queryset.filter(status=PendingTrade.Status.AWAITING_APPROVAL)
+        if self.value() == "open":
+            return queryset.filter(status__in=PendingTrade.OPEN_STATUSES)
+        return queryset
+
+
+@admin.register(PendingTrade)
+class PendingTradeAdmin(admin.ModelAdmin[PendingTrade]):
+    """The pending-trades queue: operators approve or reject trades above the threshold."""
+
+    list_display = [
+        "created_at",
+        "summary",
+        "status",
+        "end_user",
+        "notional",
+        "expires_at",
+        "broker_order_id",
+    ]
+    list_filter = [AwaitingApprovalFilter, "status", "kind"]
+    search_fields = [
+        "=confirmation_id",
+        "=client_order_id",
+        "=broker_order_id",
+        "=end_user__user_id",
+    ]
+    list_select_related = ["end_user"]
+    show_full_result_count = False
+    action_form = TradeActionForm
+    actions = ["approve", "reject"]
+    readonly_fields = [f.name for f in PendingTrade._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.action(description="Approve (the person may then confirm)")
+    def approve(self, request: HttpRequest, queryset: QuerySet[PendingTrade]) -> None:
+        self._each(
+            request,
+            queryset,
+            lambda t: trading.approve_trade(t.confirmation_id, actor=operator(request)),
+            "approved",
+        )
+
+    @admin.action(description="Reject (give a reason)")
+    def reject(self, request: HttpRequest, queryset: QuerySet[PendingTrade]) -> None:
+        reason = request.POST.get("reason", "").strip()
+        if not reason:
+            messages.error(request, "Give a reason to reject.")
+            return
+        self._each(
+            request,
+            queryset,
+            lambda t: trading.reject_trade(
+                t.confirmation_id, reason=reason, actor=operator(request)
+            ),
+            "rejected",
+        )
+
+    def _each(
+        self, request: HttpRequest, queryset: QuerySet[PendingTrade], act: Any, what: str
+    ) -> None:
+        done = 0
+        for trade in queryset:
+            try:
+                act(trade)
+                done += 1
+            except ControlPlaneError as exc:
+                messages.warning(request, f"{trade.confirmation_id}: {exc.message}")
+        messages.success(request, f"{done} trade(s) {what}.")
+
+
+@admin.register(GlobalTradingHalt)
+class GlobalTradingHaltAdmin(admin.ModelAdmin[GlobalTradingHalt]):
+    """The kill switch for every platform. Changes go through the audited service."""
+
+    list_display = ["__str__", "reason", "updated_at"]
+    fields = ["halted", "reason", "updated_at"]
+    readonly_fields = ["updated_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return not GlobalTradingHalt.objects.exists()
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def save_model(
+        self,
+        request: HttpRequest,
+        obj: GlobalTradingHalt,
+        form: ModelForm[GlobalTradingHalt],
+        change: bool,
+    ) -> None:
+        platforms.set_global_halt(obj.halted, reason=obj.reason or "admin", actor=operator(request))
+        obj.pk = 1

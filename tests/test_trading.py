@@ -396,3 +396,94 @@ def test_list_pending_trades_hides_expired_ones(db: None) -> None:
         trading.create_order(principal, account_id, BUY_5)
     fresh = trading.create_order(principal, account_id, replace(BUY_5, quantity=D(2)))
     assert [t.confirmation_id for t in trading.open_trades(principal)] == [fresh.confirmation_id]
+
+
+def run_command(*args: str) -> Any:
+    import io
+    import json
+
+    from django.core.management import call_command
+
+    out = io.StringIO()
+    call_command(*args, "--json", stdout=out)
+    return json.loads(out.getvalue())
+
+
+def test_operator_commands_grant_halt_approve_and_reject(db: None) -> None:
+    from django.core.management.base import CommandError
+
+    user, account_id = trading_user(granted=False)
+    principal = principal_of(user)
+    connection = BrokerConnection.objects.get(end_user=user.user)
+    assert run_command("grant_trading", str(connection.pk))["changed"] is True
+    assert run_command("grant_trading", str(connection.pk))["changed"] is False
+    RiskPolicy.objects.create(platform=user.platform.platform, approval_threshold_value=D(1))
+    first = trading.create_order(principal, account_id, BUY_5)
+    second = trading.create_order(principal, account_id, replace(BUY_5, quantity=D(3)))
+    assert run_command("approve_trade", first.confirmation_id)["status"] == "pending"
+    assert run_command("reject_trade", second.confirmation_id, "--reason", "no")["status"] == (
+        "rejected"
+    )
+    with pytest.raises(CommandError, match=r"confirmation_used|already"):
+        run_command("approve_trade", first.confirmation_id)
+    client_id = user.platform.client_id
+    assert run_command("halt_trading", "--platform", client_id)["halted"] is True
+    with pytest.raises(TradingHalted):
+        trading.confirm_trade(principal, first.confirmation_id)
+    run_command("resume_trading", "--platform", client_id)
+    run_command("halt_trading")
+    assert GlobalTradingHalt.is_halted()
+    run_command("resume_trading")
+    assert not GlobalTradingHalt.is_halted()
+    run_command("revoke_trading", str(connection.pk))
+    with pytest.raises(TradingDisabled):
+        trading.confirm_trade(principal, first.confirmation_id)
+    operator_actions = set(
+        AuditEvent.objects.filter(actor_kind="operator").values_list("action", flat=True)
+    )
+    assert {
+        "connection.trading_granted",
+        "connection.trading_revoked",
+        "trade.approved",
+        "trade.rejected",
+        "platform.trading_halted",
+        "platform.trading_resumed",
+        "system.trading_halted",
+        "system.trading_resumed",
+    } <= operator_actions
+
+
+def test_the_admin_queue_approves_and_rejects_with_a_reason(db: None) -> None:
+    from django.contrib.auth.models import User
+    from django.test import Client
+
+    User.objects.create_superuser("ops", "ops@example.com", "correct horse battery")
+    browser = Client()
+    browser.login(username="ops", password="correct horse battery")
+    user, account_id = trading_user()
+    principal = principal_of(user)
+    RiskPolicy.objects.create(platform=user.platform.platform, approval_threshold_value=D(1))
+    first = trading.create_order(principal, account_id, BUY_5)
+    second = trading.create_order(principal, account_id, replace(BUY_5, quantity=D(3)))
+    page = browser.get("/admin/controlplane/pendingtrade/?queue=approval")
+    assert page.status_code == 200
+    assert first.summary[:20] in page.content.decode()
+    url = "/admin/controlplane/pendingtrade/"
+    browser.post(url, {"action": "approve", "_selected_action": [first.pk]})
+    refused = browser.post(url, {"action": "reject", "_selected_action": [second.pk]}, follow=True)
+    assert "Give a reason" in refused.content.decode()
+    browser.post(url, {"action": "reject", "_selected_action": [second.pk], "reason": "limit"})
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert first.status == PendingTrade.Status.PENDING
+    assert (second.status, second.status_reason) == (PendingTrade.Status.REJECTED, "limit")
+    assert AuditEvent.objects.filter(action="trade.approved", actor_id="ops").count() == 1
+    assert (
+        browser.post(
+            "/admin/controlplane/globaltradinghalt/add/", {"halted": "on", "reason": "incident"}
+        ).status_code
+        == 302
+    )
+    assert GlobalTradingHalt.is_halted()
+    with pytest.raises(TradingHalted):
+        trading.confirm_trade(principal, first.confirmation_id)

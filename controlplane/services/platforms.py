@@ -15,7 +15,7 @@ from controlplane.credentials import (
     generate_secret,
 )
 from controlplane.errors import InvalidArgument
-from controlplane.models import ALL_SCOPES, Platform, format_scopes
+from controlplane.models import ALL_SCOPES, GlobalTradingHalt, Platform, format_scopes
 
 
 @dataclass(frozen=True)
@@ -98,3 +98,20 @@ def set_trading_halted(platform: Platform, halted: bool, *, reason: str, actor: 
             )
     platform.refresh_from_db()
     return bool(changed)
+
+
+def set_global_halt(halted: bool, *, reason: str, actor: Actor) -> bool:
+    """The kill switch for every platform: blocks the very next create and confirm."""
+    with transaction.atomic():
+        switch, _ = GlobalTradingHalt.objects.select_for_update().get_or_create(pk=1)
+        if switch.halted == halted:
+            return False
+        switch.halted, switch.reason = halted, reason[:500] if halted else ""
+        switch.save()
+        record(
+            Action.GLOBAL_TRADING_HALTED if halted else Action.GLOBAL_TRADING_RESUMED,
+            actor=actor,
+            target="system:trading",
+            detail={"reason": reason},
+        )
+    return True
