@@ -171,7 +171,8 @@ def raw_post(url: str, headers: dict[str, str], body: Any = None, **kwargs: Any)
         "mcp-method": "tools/call",
         "mcp-name": "whoami",
     }
-    return httpx.post(url, headers={**base, **headers}, json=payload, timeout=10, **kwargs)
+    kwargs.setdefault("timeout", 10)
+    return httpx.post(url, headers={**base, **headers}, json=payload, **kwargs)
 
 
 def text_of(result: Any) -> str:

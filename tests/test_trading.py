@@ -3,6 +3,7 @@ of the trading service under concurrency, expiry, halts and risk limits (paper b
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import replace
 from datetime import timedelta
@@ -487,3 +488,67 @@ def test_the_admin_queue_approves_and_rejects_with_a_reason(db: None) -> None:
     assert GlobalTradingHalt.is_halted()
     with pytest.raises(TradingHalted):
         trading.confirm_trade(principal, first.confirmation_id)
+
+
+def test_closing_the_client_during_confirm_still_records_one_order(
+    server: McpServer, trader: UserCreds
+) -> None:
+    """The client hangs up after sending confirm_trade, at growing delays. Whenever it
+    hangs up, the trade is either untouched (still pending, no order: the call was cut off
+    before the confirmation began) or ends in one recorded outcome with exactly one order;
+    it is never left submitting, and never sent twice."""
+    import httpx
+
+    from tests.mcp_harness import raw_post
+
+    set_trading_enabled(BrokerConnection.objects.get(end_user=trader.user), True, actor=OPERATOR)
+    token = token_for(server, trader)
+    account_id = first_account(server, token)
+    created = call_tool(
+        server.mcp_url,
+        token,
+        "create_order",
+        {
+            "account_id": account_id,
+            "symbol": "MSFT",
+            "side": "BUY",
+            "quantity": 1,
+            "order_type": "MARKET",
+        },
+    )
+    confirmation_id = created.structured_content["confirmation_id"]
+    body = {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "method": "tools/call",
+        "params": {
+            "name": "confirm_trade",
+            "arguments": {"confirmation_id": confirmation_id},
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {},
+            },
+        },
+    }
+    trade = PendingTrade.objects.get(confirmation_id=confirmation_id)
+    for read_timeout in (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 5.0):
+        with contextlib.suppress(httpx.ReadTimeout):
+            raw_post(
+                server.mcp_url,
+                {"authorization": f"Bearer {token}", "mcp-name": "confirm_trade"},
+                body,
+                timeout=httpx.Timeout(5.0, read=read_timeout),
+            )
+        deadline = timezone.now() + timedelta(seconds=10)
+        trade.refresh_from_db()
+        while trade.status == PendingTrade.Status.SUBMITTING:
+            assert timezone.now() < deadline, "left submitting: no recorded outcome"
+            threading.Event().wait(0.05)
+            trade.refresh_from_db()
+        if trade.status == PendingTrade.Status.PENDING:
+            assert paper_orders(trade) == 0
+            continue
+        break
+    assert trade.status == PendingTrade.Status.SUBMITTED
+    assert paper_orders(trade) == 1
+    assert audit_actions(trade) == ["trade.created", "trade.confirmed", "trade.submitted"]
