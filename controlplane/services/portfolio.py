@@ -219,15 +219,25 @@ class BrokerDay:
 
 
 def risk_context_and_day(
-    resolved: ResolvedAccount, request: OrderRequest
+    resolved: ResolvedAccount, request: OrderRequest, policy: risk.EffectivePolicy
 ) -> tuple[risk.RiskContext, BrokerDay]:
-    """The broker-side facts the risk checks need: price, balance, position and today's
-    orders at the broker. Trades awaiting confirmation are added by the trading service."""
+    """The broker-side facts the risk checks need: price and balance always; positions and
+    today's orders only when a limit of the policy looks at them (they are the costly
+    reads). Trades awaiting confirmation are added by the trading service."""
     adapter, key = resolved.adapter, resolved.key
     (quote,) = call_broker(lambda: adapter.get_quotes([request.symbol]))
     balance = call_broker(lambda: adapter.get_balance(key))
-    positions = call_broker(lambda: adapter.get_positions(key))
-    orders = call_broker(lambda: adapter.list_orders(key, limit=200))
+    positions = (
+        call_broker(lambda: adapter.get_positions(key))
+        if policy.max_position_concentration_pct is not None
+        else []
+    )
+    needs_orders = (
+        policy.max_orders_per_day is not None
+        or policy.max_notional_per_day is not None
+        or bool(policy.duplicate_window_seconds)
+    )
+    orders = call_broker(lambda: adapter.list_orders(key, limit=200)) if needs_orders else []
     price = reference_price(request, quote)
     now = timezone.now()
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -240,7 +250,6 @@ def risk_context_and_day(
         ],
         price,
     )
-    policy = risk.resolve_policy(resolved.connection)
     window = timedelta(seconds=policy.duplicate_window_seconds or 0)
     identical = [
         o
@@ -277,8 +286,9 @@ def preview_order(
 ) -> tuple[ResolvedAccount, Preview, risk.RiskResult]:
     """The broker's estimate and the risk checks the order would pass and fail."""
     resolved = resolve_account(principal, account_id)
-    ctx, _ = risk_context_and_day(resolved, request)
-    checks = risk.evaluate(risk.resolve_policy(resolved.connection), ctx)
+    policy = risk.resolve_policy(resolved.connection)
+    ctx, _ = risk_context_and_day(resolved, request, policy)
+    checks = risk.evaluate(policy, ctx)
     preview = call_broker(lambda: resolved.adapter.preview_order(resolved.key, request))
     return resolved, preview, checks
 

@@ -239,7 +239,7 @@ def create_order(principal: Principal, account_id: str, request: OrderRequest) -
     order = normalized(request)
     digest = order_hash(account_id, order)
     # Broker reads and the preview first, outside any lock.
-    ctx, day = portfolio.risk_context_and_day(resolved, request)
+    ctx, day = portfolio.risk_context_and_day(resolved, request, policy)
     preview = portfolio.call_broker(lambda: resolved.adapter.preview_order(resolved.key, request))
     confirmation_id = "cf_" + secrets.token_urlsafe(24)  # 192 bits
     with transaction.atomic():
@@ -369,13 +369,13 @@ def confirm_trade(principal: Principal, confirmation_id: str) -> PendingTrade:
     resolved = portfolio.resolve_account(principal, trade.account_id)
     check_trading_allowed(principal, resolved.connection)
     request = request_from(trade.order) if trade.kind == PendingTrade.Kind.ORDER else None
+    policy = risk.resolve_policy(resolved.connection)
     if request is not None:
-        ctx, day = portfolio.risk_context_and_day(resolved, request)  # outside the lock
+        ctx, day = portfolio.risk_context_and_day(resolved, request, policy)  # outside the lock
     refusal: Exception | None = None
     with transaction.atomic():
         BrokerConnection.objects.select_for_update().filter(pk=resolved.connection.pk).get()
         if request is not None:
-            policy = risk.resolve_policy(resolved.connection)
             exposure = exposure_today(resolved.connection, excluding=trade.pk)
             result = risk.evaluate(
                 policy, _with_exposure(ctx, day, exposure), TIME_DEPENDENT_CHECKS
