@@ -40,7 +40,8 @@ def register_resources(mcp: MCPServer) -> None:
                 "account_id": account_id,
                 "environment": resolved.connection.environment,
                 "trust": UNTRUSTED,
-                "balance": plain(balance),
+                # The broker's own account key stays inside Tradeplane.
+                "balance": {k: v for k, v in plain(balance).items() if k != "account_id"},
                 "positions": plain(positions),
             }
 
