@@ -27,13 +27,14 @@ BASE_PYTHON = $(shell $(FIND_PYTHON))
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/tradeplane
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: help install install-dev run test lint typecheck pytest check-services bench-mint bench-mcp clean
+.PHONY: help install install-dev run test lint typecheck pytest check-services bench-mint bench-mcp bench-trade clean
 
 help:
 	@echo "make run         install, migrate, seed the demo and serve on http://$(HOST):$(PORT)"
 	@echo "make test        lint, type-check and run every test against PostgreSQL and Redis"
 	@echo "make bench-mint  benchmark POST /auth/tokens/user"
 	@echo "make bench-mcp   benchmark MCP tool calls against a bare MCP server"
+	@echo "make bench-trade benchmark the create_order + confirm_trade round trip"
 
 $(UV):
 	@py="$(BASE_PYTHON)"; if [ -z "$$py" ]; then echo "error: Python >= 3.12 not found (set PYTHON=/path/to/python3.12)" >&2; exit 1; fi; \
@@ -77,6 +78,10 @@ bench-mint: check-services
 bench-mcp: check-services
 	DATABASE_URL="$${DATABASE_URL:-$(TEST_DATABASE_URL)}_bench" REDIS_URL="$${REDIS_URL:-$(TEST_REDIS_URL)}" \
 	  $(PY) -m bench.bench_mcp
+
+bench-trade: check-services
+	DATABASE_URL="$${DATABASE_URL:-$(TEST_DATABASE_URL)}_bench" REDIS_URL="$${REDIS_URL:-$(TEST_REDIS_URL)}" \
+	  $(PY) -m bench.bench_trade
 
 clean:
 	rm -rf $(VENV) .uv var .mypy_cache .ruff_cache .pytest_cache
