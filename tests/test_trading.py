@@ -552,3 +552,20 @@ def test_closing_the_client_during_confirm_still_records_one_order(
     assert trade.status == PendingTrade.Status.SUBMITTED
     assert paper_orders(trade) == 1
     assert audit_actions(trade) == ["trade.created", "trade.confirmed", "trade.submitted"]
+
+
+def test_a_lapsed_trade_over_a_risk_limit_is_refused_as_expired(db: None) -> None:
+    """Found by the lifecycle state machine: a late confirm that would also fail a risk
+    check is refused as expired, not turned into a failed trade."""
+    user, account_id = trading_user()
+    principal = principal_of(user)
+    with time_machine.travel(timezone.now() - timedelta(seconds=121), tick=False):
+        trade = trading.create_order(principal, account_id, BUY_5)
+    RiskPolicy.objects.create(platform=user.platform.platform, max_orders_per_day=0)
+    with pytest.raises(ConfirmationExpired):
+        trading.confirm_trade(principal, trade.confirmation_id)
+    trade.refresh_from_db()
+    assert trade.status == PendingTrade.Status.PENDING
+    assert paper_orders(trade) == 0
+    assert trading.expire_pending_trades() == 1
+    assert audit_actions(trade) == ["trade.created", "trade.expired"]

@@ -394,13 +394,18 @@ def confirm_trade(principal: Principal, confirmation_id: str) -> PendingTrade:
                 refusal = _refusal(trade)
             else:
                 _audit(Action.TRADE_CONFIRMED, trade, principal)
-        elif PendingTrade.objects.filter(pk=trade.pk, status=Status.PENDING).update(
-            status=Status.FAILED, status_reason=str(refusal)[:500], finished_at=Now()
-        ):
+        # A risk failure ends the trade only while it is still confirmable; a lapsed trade
+        # is refused as expired (and left for the expiry sweep), like any late confirm.
+        elif PendingTrade.objects.filter(
+            pk=trade.pk, status=Status.PENDING, expires_at__gt=Now()
+        ).update(status=Status.FAILED, status_reason=str(refusal)[:500], finished_at=Now()):
             trade.refresh_from_db()
             _audit(
                 Action.TRADE_FAILED, trade, principal, outcome="risk_rejected", reason=str(refusal)
             )
+        else:
+            trade.refresh_from_db()
+            refusal = _refusal(trade)
     if refusal is not None:
         raise refusal
     return _submit(trade, resolved, request, principal)
