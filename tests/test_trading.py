@@ -569,3 +569,18 @@ def test_a_lapsed_trade_over_a_risk_limit_is_refused_as_expired(db: None) -> Non
     assert paper_orders(trade) == 0
     assert trading.expire_pending_trades() == 1
     assert audit_actions(trade) == ["trade.created", "trade.expired"]
+
+
+def test_a_lapsed_trade_cannot_be_approved_even_before_the_sweep(db: None) -> None:
+    user, account_id = trading_user()
+    principal = principal_of(user)
+    RiskPolicy.objects.create(platform=user.platform.platform, approval_threshold_value=D(1))
+    with time_machine.travel(timezone.now() - timedelta(seconds=121), tick=False):
+        trade = trading.create_order(principal, account_id, BUY_5)
+    assert trade.status == PendingTrade.Status.AWAITING_APPROVAL
+    with pytest.raises(ConfirmationExpired):
+        trading.approve_trade(trade.confirmation_id, actor=OPERATOR)
+    trade.refresh_from_db()
+    assert trade.status == PendingTrade.Status.AWAITING_APPROVAL
+    assert trading.expire_pending_trades() == 1
+    assert audit_actions(trade) == ["trade.created", "trade.expired"]

@@ -527,8 +527,12 @@ def approve_trade(confirmation_id: str, *, actor: Actor) -> PendingTrade:
     fresh confirmation window."""
     with transaction.atomic():
         expires_at = timezone.now() + timedelta(seconds=settings.CONFIRMATION_TTL_SECONDS)
+        # Like a confirm, an approval after the window closed is refused whether or not
+        # the expiry sweep has run: the database decides.
         changed = PendingTrade.objects.filter(
-            confirmation_id=confirmation_id, status=Status.AWAITING_APPROVAL
+            confirmation_id=confirmation_id,
+            status=Status.AWAITING_APPROVAL,
+            expires_at__gt=Now(),
         ).update(
             status=Status.PENDING,
             approved_by=actor.id[:150],
@@ -537,11 +541,11 @@ def approve_trade(confirmation_id: str, *, actor: Actor) -> PendingTrade:
         )
         trade = _any_trade(confirmation_id)
         if not changed:
-            raise (
-                _refusal(trade)
-                if trade.status != Status.PENDING
-                else ConfirmationUsed("this trade is already approved")
-            )
+            if trade.status == Status.PENDING:
+                raise ConfirmationUsed("this trade is already approved")
+            if trade.status == Status.AWAITING_APPROVAL:
+                raise ConfirmationExpired("this trade's window closed before it was approved")
+            raise _refusal(trade)
         _audit(Action.TRADE_APPROVED, trade, actor)
     return trade
 
