@@ -134,42 +134,46 @@ print(json.dumps(tokens))
 # Where the time goes: profiled once (py-spy on the server, and the two service calls
 # in-process), not re-measured by this script; kept in the docs section it writes.
 PROFILE_NOTES = """\
-### Where the time goes (profiled 2026-11-21; not re-measured by the script)
+### Where the time goes (profiled 2026-11-21 at commit 6b5f021; not re-measured by the script)
 
 - The pair is CPU-bound end to end: its latency is about the server's CPU per pair plus
-  PostgreSQL's, with no waiting. Nearly all of the server's share is the trading services'
-  SQL, issued one ORM statement at a time: about 130 statements a pair, 44 in
-  `create_order` and 74 in `confirm_trade` (counted in-process on a fresh account), plus,
-  per call, the token lookup and the `tool.call` audit row.
-- What those statements are: 24 are the paper broker's reads for the risk context, made in
-  create and again in confirm (`get_balance`, `get_positions` and `list_orders` each
-  re-read the account and check for resting orders); 12 resolve the risk policy (3
-  queries, 4 times, none of them finding a policy); 9 the preview and 24 the placement and
-  its fill; 6 the trading-permission checks; and each of the 5 audit rows (trade created,
-  confirmed, submitted; 2 tool calls) takes the chain's advisory lock, reads its head and
-  inserts, with up to 4 lazy loads of trade → connection → end user → platform first,
-  since `refresh_from_db` drops the related objects.
-- On this VM a statement costs about 0.6 ms of server CPU on average (query building,
-  psycopg, model instances): in-process, without HTTP or MCP, `create_order` +
-  `confirm_trade` take 70-78 ms of CPU a pair while the account has fewer than 150 orders
-  today. HTTP, the MCP SDK, token verification, the rate limiter and the `tool.call` audit
-  row add about 7 ms of server CPU a call (bench-mcp's full `get_quotes`), about 15 ms a
-  pair.
-- The cost grows with the account's orders of the day:
-  `PaperBroker.list_orders(limit=200)` and its fills prefetch build up to 200 orders and
-  their fills, twice a pair, for risk checks that only count them, sum their value and
-  look for duplicates. Past ~100 pairs on an account that is ~40% of the server's CPU
-  (py-spy, GIL-holding samples) and a pair costs ~150 ms of server CPU instead of ~100.
-- Concurrency cannot help one process: both concurrent phases keep the server's core
-  96-98% busy, so pairs/s is about 1000 / (server CPU ms per pair); the demo connection's
-  row lock adds little on top. The one-account phase is slower than the own-accounts one
-  mostly because its account has hundreds more orders of the day.
-- Levers (application changes, none made here): one broker snapshot per call instead of
-  three reads each re-fetching the account, shared by the risk context and the preview;
-  the policy resolved once per call; a count-and-sum query for today's broker orders
-  instead of `list_orders(limit=200)`; `select_related` after `refresh_from_db` on the
-  audit path; more uvicorn workers for throughput. A 40 ms pair needs roughly a quarter of
-  today's statements.
+  PostgreSQL's (the two CPU columns add up to about the p50), with nothing waiting. It is
+  about 110 SQL statements, each its own round trip from the ORM: 98 in the trading
+  services (34 in `create_order`, 64 in `confirm_trade`, counted in-process), plus per
+  call the token lookup and the `tool.call` audit row (5 statements); and 4 Redis round
+  trips (revocation check and rate limit, per call).
+- The services' 98: 43 are the paper broker's (the balance read for the risk context, 5
+  statements, in create and again in confirm; the preview, 9; placing and filling the
+  order, 24: each step re-reads the account, checks for resting orders and reads
+  positions); 19 the three trade audit rows (advisory lock, chain head and insert each,
+  plus 10 lazy loads of trade → connection → end user → platform, since `refresh_from_db`
+  drops the related objects); 19 the pending trade's own bookkeeping (row lock, exposure
+  sums, insert, updates, refreshes, BEGIN/COMMIT); 9 the permission checks and account and
+  trade lookups; 8 the risk policy (3 queries, twice, none finding a policy, and the end
+  user loaded lazily).
+- Where the server's CPU goes (py-spy, GIL-holding samples, sequential 2026-07-28): about
+  70% in Django's ORM (compiling queries, building model instances) and psycopg, about 10%
+  in uvicorn, the MCP SDK, pydantic and asyncio, about 5% verifying the token. That is
+  roughly 0.45 ms of server CPU and 0.25 ms of PostgreSQL CPU per statement on this VM;
+  in-process, without HTTP or MCP, `create_order` + `confirm_trade` take about 50 ms of
+  CPU.
+- Before commit da44bce the risk context also read positions and the day's orders
+  (`list_orders(limit=200)` with its fills prefetch) in create and in confirm, with no
+  policy limit needing them: about 130 statements, ~100 ms of server CPU and a p50 of ~125
+  ms per pair, growing with the account's orders (past 200 orders of the day those reads
+  were ~40% of the server's CPU and a pair ~150 ms of it).
+- Concurrency cannot help one process: with the machine otherwise quiet, the concurrent
+  phases keep the server's core 95-98% busy (the *server busy* column), so pairs/s is
+  about 1000 / (server CPU ms per pair) times that share. The demo connection's row lock
+  adds little on top of that queue: one account and own accounts reach about the same
+  rate.
+- Levers (application changes, none made here): one read of the paper account's state per
+  call instead of one per step (the account row, its resting orders and its positions are
+  read twice in create and three times in confirm); passing the loaded connection, end
+  user and platform to `_audit` instead of lazy loads after `refresh_from_db` (10
+  statements); the three permission checks and the three policy levels one query each (8
+  statements); more uvicorn workers for throughput. A 40 ms pair needs roughly 45
+  statements, fewer than half of today's 110.
 """
 
 
@@ -440,10 +444,10 @@ def drift_line(phases: Sequence[TradePhase]) -> str:
     first, last = phase.drift()
     orders = phase.orders_at_start
     return (
-        f"The cost grows with the orders the account has made today: in the sequential "
-        f"{MODERN} phase the p50 of the first {DRIFT_WINDOW} pairs (from {orders} orders on) "
-        f"is {first:.2f} ms, of the last {DRIFT_WINDOW} (up to {orders + 2 * phase.pairs}) "
-        f"{last:.2f} ms."
+        f"Drift with the orders the account has made today, in the sequential {MODERN} "
+        f"phase: p50 {first:.2f} ms over its first {DRIFT_WINDOW} pairs (from {orders} "
+        f"orders on), {last:.2f} ms over its last {DRIFT_WINDOW} (up to "
+        f"{orders + 2 * phase.pairs})."
     )
 
 
