@@ -230,6 +230,19 @@ class RiskPolicy(models.Model):
     max_position_concentration_pct = limit_field()
     approval_threshold_value = limit_field()
     duplicate_window_seconds = models.PositiveIntegerField(null=True, blank=True)
+    approval_extends_seconds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="How long the person has to confirm after an operator approves.",
+    )
+    require_elicitation = models.BooleanField(
+        null=True,
+        blank=True,
+        help_text=(
+            "Orders are only submitted after the person accepts a confirm dialog shown by "
+            "their MCP client (elicitation); confirm_trade alone is refused."
+        ),
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -396,6 +409,13 @@ class PendingTrade(models.Model):
     approved_at = models.DateTimeField(null=True, blank=True)
     confirmed_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # What the broker last said about the submitted order, kept by the order follow-up.
+    order_status = models.CharField(max_length=20, blank=True, db_index=True)
+    filled_quantity = models.DecimalField(max_digits=20, decimal_places=6, default=0)
+    average_fill_price = models.DecimalField(
+        max_digits=20, decimal_places=6, null=True, blank=True
+    )
+    order_checked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
