@@ -108,6 +108,13 @@ class ConfirmationUsed(ControlPlaneError):
     status = HTTPStatus.CONFLICT
 
 
+class ElicitationRequired(ControlPlaneError):
+    """The policy wants the person to confirm in their MCP client's own dialog."""
+
+    code = "elicitation_required"
+    status = HTTPStatus.FORBIDDEN
+
+
 class AwaitingApproval(ControlPlaneError):
     code = "awaiting_approval"
     status = HTTPStatus.CONFLICT

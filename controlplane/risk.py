@@ -36,6 +36,8 @@ class EffectivePolicy:
     max_position_concentration_pct: Decimal | None = None
     approval_threshold_value: Decimal | None = None
     duplicate_window_seconds: int | None = None
+    approval_extends_seconds: int | None = None
+    require_elicitation: bool | None = None
 
 
 def resolve_policy(connection: BrokerConnection) -> EffectivePolicy:

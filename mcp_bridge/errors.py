@@ -15,6 +15,8 @@ NEXT_STEP = {
     "broker_unavailable": "The broker is unreachable or busy; try again in a minute.",
     "trading_disabled": "Trading is not enabled for this connection; an operator must grant it.",
     "trading_halted": "Trading is halted by an operator; no orders can be placed now.",
+    "elicitation_required": "This account only trades after the person confirms in the "
+    "client's own confirmation dialog; use an MCP client that supports elicitation.",
     "internal_error": "Something failed on the server; try again, and report it if it persists.",
 }
 

@@ -12,6 +12,7 @@ from django.conf import settings
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.shared.exceptions import MCPError
 from mcp.types import INVALID_PARAMS, CallToolResult
+from mcp_types.methods import is_input_required
 
 from audit.events import Actor, record
 from controlplane.accesstokens import Principal
@@ -41,7 +42,10 @@ async def policy_middleware(
     started = time.perf_counter()
     result = await _guarded_call(ctx, call_next, principal, name, arguments)  # type: ignore[arg-type]
     latency_ms = (time.perf_counter() - started) * 1000
-    outcome = error_code(_text(result)) if result.is_error else "ok"
+    if not isinstance(result, CallToolResult):
+        outcome = "input_required"
+    else:
+        outcome = error_code(_text(result)) if result.is_error else "ok"
     await run_in_db_thread(
         record,
         TOOL_CALL_ACTION,
@@ -63,7 +67,7 @@ async def _guarded_call(
     principal: Principal,
     name: str,
     arguments: Any,
-) -> CallToolResult:
+) -> HandlerResult:
     spec = TOOLS[name]
     if spec.scope not in principal.scopes:
         return tool_error("forbidden_scope", f"{name} needs the {spec.scope!r} scope")
@@ -82,6 +86,8 @@ async def _guarded_call(
     if limited is not None:
         return limited
     raw = await call_next(ctx)
+    if is_input_required(raw):
+        return raw  # the person is being asked; the client retries the same call
     result = raw if isinstance(raw, CallToolResult) else CallToolResult.model_validate(raw)
     if result.is_error:
         result = _normalized_error(name, _text(result))

@@ -15,15 +15,16 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from mcp.server.mcpserver import Context
+from mcp.types import CallToolResult, InputRequiredResult, TextContent, ToolAnnotations
 from pydantic import Field, WithJsonSchema
 
 from brokers.base import OrderRequest, OrderStatus, OrderType, Side, TimeInForce
 from controlplane.accesstokens import Principal
-from controlplane.errors import ControlPlaneError, InvalidArgument, NotFound
+from controlplane.errors import ControlPlaneError, ElicitationRequired, InvalidArgument, NotFound
 from controlplane.models import Scope
 from controlplane.services import portfolio, trading
-from mcp_bridge import outputs
+from mcp_bridge import confirmation, outputs
 from mcp_bridge.auth import current_principal, run_in_db_thread
 from mcp_bridge.errors import tool_error
 
@@ -83,7 +84,12 @@ TOOLS: dict[str, ToolSpec] = {}
 
 def tool(scope: str, title: str, annotations: ToolAnnotations = READ_ONLY) -> Callable[..., Any]:
     def register(fn: Callable[..., Awaitable[CallToolResult]]) -> Callable[..., Any]:
-        parameters = tuple(inspect.signature(fn).parameters)
+        # The SDK injects the Context; it is not an argument a client may pass.
+        parameters = tuple(
+            name
+            for name, parameter in inspect.signature(fn).parameters.items()
+            if parameter.annotation not in ("Context[Any, Any]", Context)
+        )
         TOOLS[fn.__name__] = ToolSpec(fn, scope, title, annotations, parameters)
         return fn
 
@@ -96,6 +102,10 @@ async def respond(build: Callable[[Principal], outputs.Result]) -> CallToolResul
         result = await run_in_db_thread(build, principal)
     except ControlPlaneError as exc:
         return tool_error(exc.code, exc.message)
+    return call_result(result)
+
+
+def call_result(result: outputs.Result) -> CallToolResult:
     text = result.describe()
     if getattr(result, "trust", None) == outputs.UNTRUSTED:
         text = f"[untrusted broker data] {text}"
@@ -429,6 +439,7 @@ NEXT_STEP = {
     "awaiting_approval": "An operator must approve it first; confirm_trade answers "
     "awaiting_approval until then.",
     "submitted": "Sent to the broker; follow it with get_order.",
+    "rejected": "Not sent. Propose it again only if the person asks for it.",
 }
 
 
@@ -448,8 +459,13 @@ def trade_result(trade: Any) -> outputs.TradeResult:
     )
 
 
+def render_trade(trade: Any) -> CallToolResult:
+    return call_result(trade_result(trade))
+
+
 @tool(Scope.TRADE, "Create order (needs confirmation)", TRADES)
 async def create_order(
+    ctx: Context[Any, Any],
     account_id: AccountId,
     symbol: Symbol,
     side: SideArg,
@@ -459,12 +475,13 @@ async def create_order(
     stop_price: Price | None = None,
     time_in_force: TimeInForceArg = "DAY",
     extended_hours: bool = False,
-) -> Annotated[CallToolResult, outputs.TradeResult]:
+) -> Annotated[CallToolResult, outputs.TradeResult] | InputRequiredResult:
     """Propose an order: risk checks and a broker preview, then a confirmation_id valid for
-    2 minutes. Nothing is sent. Show the person the summary; only confirm_trade sends it."""
+    2 minutes. Nothing is sent. Show the person the summary; only confirm_trade sends it.
+    Clients with elicitation show the person a confirm dialog instead."""
 
-    def build(principal: Principal) -> outputs.TradeResult:
-        request = order_request(
+    def request() -> OrderRequest:
+        return order_request(
             symbol,
             side,
             quantity,
@@ -474,9 +491,14 @@ async def create_order(
             time_in_force,
             extended_hours,
         )
-        return trade_result(trading.create_order(principal, account_id, request))
 
-    return await respond(build)
+    def propose(principal: Principal, can_elicit: bool) -> Any:
+        return trading.create_order(principal, account_id, request(), can_elicit=can_elicit)
+
+    def is_same_call(trade: Any) -> bool:
+        return trading.matches_order(trade, account_id, request())
+
+    return await confirmation.propose_and_ask(ctx, propose, is_same_call, render_trade)
 
 
 @tool(Scope.TRADE, "Cancel order (needs confirmation)", TRADES)
@@ -493,17 +515,29 @@ async def cancel_order(
 
 @tool(Scope.TRADE, "Confirm trade", TRADES)
 async def confirm_trade(
+    ctx: Context[Any, Any],
     confirmation_id: Annotated[
         str,
         Field(pattern=r"^cf_[A-Za-z0-9_-]{32}$", description="From create_order or cancel_order"),
     ],
-) -> Annotated[CallToolResult, outputs.TradeResult]:
+) -> Annotated[CallToolResult, outputs.TradeResult] | InputRequiredResult:
     """Send a proposed order or cancel to the broker, once. Only after the person has
     explicitly said yes to its summary; never on your own initiative."""
 
-    def build(principal: Principal) -> outputs.TradeResult:
-        return trade_result(trading.confirm_trade(principal, confirmation_id))
+    def confirm(principal: Principal, can_elicit: bool) -> Any:
+        try:
+            return trading.confirm_trade(principal, confirmation_id)
+        except ElicitationRequired:
+            if not can_elicit:
+                raise
+            # Still pending: the person is asked in their client's dialog instead.
+            return trading.own_trade(principal, confirmation_id)
+
+    def is_same_call(trade: Any) -> bool:
+        return bool(trade.confirmation_id == confirmation_id)
 
     # Shielded: once submission starts it runs to a recorded outcome even if the client
     # goes away (the worker thread finishes regardless).
-    return await asyncio.shield(respond(build))
+    return await asyncio.shield(
+        confirmation.propose_and_ask(ctx, confirm, is_same_call, render_trade)
+    )

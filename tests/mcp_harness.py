@@ -121,15 +121,21 @@ def call(
     work: Callable[[Client], Awaitable[Any]],
     *,
     mode: str = "auto",
+    elicitation_callback: Any = None,
 ) -> Any:
-    """Run `work` with a connected SDK client (mode "auto" = 2026-07-28, "legacy" = 2025-11-25)."""
+    """Run `work` with a connected SDK client (mode "auto" = 2026-07-28, "legacy" = 2025-11-25);
+    an `elicitation_callback` makes the client declare elicitation and answer with it."""
 
     async def main() -> Any:
         async with (
             httpx2.AsyncClient(
                 headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(30, read=60)
             ) as http,
-            Client(streamable_http_client(url, http_client=http), mode=mode) as client,
+            Client(
+                streamable_http_client(url, http_client=http),
+                mode=mode,
+                elicitation_callback=elicitation_callback,
+            ) as client,
         ):
             return await work(client)
 

@@ -45,6 +45,7 @@ from controlplane.errors import (
     BrokerFailure,
     ConfirmationExpired,
     ConfirmationUsed,
+    ElicitationRequired,
     ForbiddenScope,
     NotFound,
     RiskRejected,
@@ -230,12 +231,22 @@ def _masked(account: Any) -> str:
     return f"{account.name} (…{tail})"
 
 
-def create_order(principal: Principal, account_id: str, request: OrderRequest) -> PendingTrade:
+def create_order(
+    principal: Principal, account_id: str, request: OrderRequest, *, can_elicit: bool = False
+) -> PendingTrade:
     """Validate, check permission and risk, preview at the broker, and record a pending
-    trade for the person to confirm. Nothing is placed."""
+    trade for the person to confirm. Nothing is placed.
+
+    `can_elicit` says whether the caller can put a confirmation dialog in front of the
+    person; a policy that requires one refuses the order up front otherwise."""
     resolved = portfolio.resolve_account(principal, account_id)
     check_trading_allowed(principal, resolved.connection)
     policy = risk.resolve_policy(resolved.connection)
+    if policy.require_elicitation and not can_elicit:
+        raise ElicitationRequired(
+            "this account's policy requires the person to confirm each order in their MCP "
+            "client's confirmation dialog, and this client cannot show one"
+        )
     order = normalized(request)
     digest = order_hash(account_id, order)
     # Broker reads and the preview first, outside any lock.
@@ -338,7 +349,7 @@ def create_cancel(principal: Principal, account_id: str, order_id: str) -> Pendi
     return trade
 
 
-def _own_trade(principal: Principal, confirmation_id: str) -> PendingTrade:
+def own_trade(principal: Principal, confirmation_id: str) -> PendingTrade:
     trade = (
         PendingTrade.objects.select_related("connection__end_user__platform", "end_user", "account")
         .filter(confirmation_id=confirmation_id, end_user_id=principal.end_user_pk)
@@ -361,15 +372,26 @@ def _refusal(trade: PendingTrade) -> Exception:
     return ConfirmationExpired("this confirmation expired; create the order again")
 
 
-def confirm_trade(principal: Principal, confirmation_id: str) -> PendingTrade:
-    """Submit the pending trade to the broker, exactly once."""
-    trade = _own_trade(principal, confirmation_id)
+def confirm_trade(
+    principal: Principal, confirmation_id: str, *, elicited: bool = False
+) -> PendingTrade:
+    """Submit the pending trade to the broker, exactly once.
+
+    `elicited` is true when the person accepted the trade's summary in their client's
+    confirmation dialog rather than through the agent; the same transition guards both."""
+    trade = own_trade(principal, confirmation_id)
     if trade.status != Status.PENDING:
         raise _refusal(trade)
     resolved = portfolio.resolve_account(principal, trade.account_id)
     check_trading_allowed(principal, resolved.connection)
     request = request_from(trade.order) if trade.kind == PendingTrade.Kind.ORDER else None
     policy = risk.resolve_policy(resolved.connection)
+    if request is not None and policy.require_elicitation and not elicited:
+        raise ElicitationRequired(
+            "this account's policy requires the person to accept this order in their MCP "
+            "client's confirmation dialog; confirm_trade from a client that supports "
+            "elicitation asks them"
+        )
     if request is not None:
         ctx, day = portfolio.risk_context_and_day(resolved, request, policy)  # outside the lock
     refusal: Exception | None = None
@@ -393,7 +415,12 @@ def confirm_trade(principal: Principal, confirmation_id: str) -> PendingTrade:
             if not changed:
                 refusal = _refusal(trade)
             else:
-                _audit(Action.TRADE_CONFIRMED, trade, principal)
+                _audit(
+                    Action.TRADE_CONFIRMED,
+                    trade,
+                    principal,
+                    via="elicitation" if elicited else "confirm_trade",
+                )
         # A risk failure ends the trade only while it is still confirmable; a lapsed trade
         # is refused as expired (and left for the expiry sweep), like any late confirm.
         elif PendingTrade.objects.filter(
@@ -482,6 +509,29 @@ def _finish(
         )
 
 
+def decline_trade(principal: Principal, confirmation_id: str) -> PendingTrade:
+    """The person said no in the confirmation dialog: the trade can no longer be confirmed."""
+    trade = own_trade(principal, confirmation_id)
+    with transaction.atomic():
+        changed = PendingTrade.objects.filter(
+            pk=trade.pk, end_user_id=principal.end_user_pk, status=Status.PENDING
+        ).update(
+            status=Status.REJECTED,
+            status_reason=DECLINED_BY_PERSON,
+            finished_at=Now(),
+        )
+        trade.refresh_from_db()
+        if not changed:
+            raise _refusal(trade)
+        _audit(Action.TRADE_REJECTED, trade, principal, reason=DECLINED_BY_PERSON)
+    return trade
+
+
+def matches_order(trade: PendingTrade, account_id: str, request: OrderRequest) -> bool:
+    """Whether a pending trade is exactly this order on this account."""
+    return hmac.compare_digest(trade.order_hash, order_hash(account_id, normalized(request)))
+
+
 def open_trades(principal: Principal) -> list[PendingTrade]:
     return list(
         PendingTrade.objects.filter(end_user_id=principal.end_user_pk)
@@ -525,8 +575,10 @@ def _risk_json(result: risk.RiskResult) -> dict[str, list[dict[str, Any]]]:
 def approve_trade(confirmation_id: str, *, actor: Actor) -> PendingTrade:
     """An operator approves a trade above the approval threshold; the person then has a
     fresh confirmation window."""
+    trade = _any_trade(confirmation_id)
+    window = risk.resolve_policy(trade.connection).approval_extends_seconds
     with transaction.atomic():
-        expires_at = timezone.now() + timedelta(seconds=settings.CONFIRMATION_TTL_SECONDS)
+        expires_at = timezone.now() + timedelta(seconds=window or settings.CONFIRMATION_TTL_SECONDS)
         # Like a confirm, an approval after the window closed is refused whether or not
         # the expiry sweep has run: the database decides.
         changed = PendingTrade.objects.filter(
