@@ -52,6 +52,7 @@ class Action:
     USER_DEACTIVATED = "user.deactivated"
     USER_REACTIVATED = "user.reactivated"
     CONNECTION_CREATED = "connection.created"
+    CONNECTION_AUTHORIZED = "connection.authorized"
     CONNECTION_DELETED = "connection.deleted"
     TRADING_GRANTED = "connection.trading_granted"
     TRADING_REVOKED = "connection.trading_revoked"

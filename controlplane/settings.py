@@ -244,6 +244,11 @@ TRADEPLANE_READ_LIMIT_FAIL_CLOSED = env_bool("TRADEPLANE_READ_LIMIT_FAIL_CLOSED"
 # ---- Trading -----------------------------------------------------------------------------
 # How long a confirmation_id from create_order can be confirmed.
 CONFIRMATION_TTL_SECONDS = env_int("CONFIRMATION_TTL_SECONDS", 120, minimum=10, maximum=3600)
+# Brokers time previews out (E*TRADE's lifetime is undocumented): a trade older than this,
+# such as one that waited for an operator, is previewed again just before it is placed.
+BROKER_PREVIEW_MAX_AGE_SECONDS = env_int(
+    "BROKER_PREVIEW_MAX_AGE_SECONDS", 120, minimum=10, maximum=86400
+)
 
 # ---- Paper broker ------------------------------------------------------------------------
 PAPER_STARTING_CASH = env_str("PAPER_STARTING_CASH") or "100000"

@@ -584,3 +584,19 @@ def test_a_lapsed_trade_cannot_be_approved_even_before_the_sweep(db: None) -> No
     assert trade.status == PendingTrade.Status.AWAITING_APPROVAL
     assert trading.expire_pending_trades() == 1
     assert audit_actions(trade) == ["trade.created", "trade.expired"]
+
+
+def test_approval_opens_the_policys_confirmation_window(db: None) -> None:
+    user, account_id = trading_user()
+    principal = principal_of(user)
+    RiskPolicy.objects.create(
+        platform=user.platform.platform,
+        approval_threshold_value=D(100),
+        approval_extends_seconds=900,
+    )
+    trade = trading.create_order(principal, account_id, BUY_5)
+    approved = trading.approve_trade(trade.confirmation_id, actor=OPERATOR)
+    window = approved.expires_at - timezone.now()
+    assert timedelta(seconds=890) < window <= timedelta(seconds=900)
+    with time_machine.travel(timezone.now() + timedelta(seconds=600)):
+        assert trading.confirm_trade(principal, trade.confirmation_id).status == "submitted"

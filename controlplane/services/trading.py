@@ -454,6 +454,10 @@ def _submit(
                 preview_id=trade.broker_preview_id,
                 warnings=tuple(trade.estimate.get("warnings", ())),
             )
+            age = timezone.now() - trade.created_at
+            if age > timedelta(seconds=settings.BROKER_PREVIEW_MAX_AGE_SECONDS):
+                # The same order under the same client order id, so still placed once.
+                preview = resolved.adapter.preview_order(resolved.key, request)
             broker_order_id = resolved.adapter.place_order(
                 resolved.key, request, trade.client_order_id, preview
             ).order_id
