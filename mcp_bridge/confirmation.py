@@ -91,12 +91,17 @@ async def propose_and_ask(
     if ctx.request_state is not None:
         return await _settle_retry(ctx, principal, is_same_call, render)
     elicit = can_elicit(ctx)
+
+    def proposed() -> tuple[PendingTrade, CallToolResult]:
+        trade = propose(principal, elicit)
+        return trade, render(trade)  # rendering may load related rows: in this thread
+
     try:
-        trade = await run_in_db_thread(propose, principal, elicit)
+        trade, rendered = await run_in_db_thread(proposed)
     except ControlPlaneError as exc:
         return tool_error(exc.code, exc.message)
     if not elicit or trade.status != PendingTrade.Status.PENDING:
-        return render(trade)
+        return rendered
     if uses_multi_round_trip(ctx):
         form = ElicitRequestFormParams(
             message=question(trade),
@@ -111,7 +116,7 @@ async def propose_and_ask(
     except MCPError:
         # No back-channel after all, or the client failed the request: nothing was decided,
         # so the trade stays pending for the two-step flow.
-        return render(trade)
+        return rendered
     accepted = isinstance(outcome, AcceptedElicitation) and outcome.data.confirm
     return await _settle(principal, trade.confirmation_id, accepted, render)
 
@@ -144,15 +149,14 @@ async def _settle_retry(
 async def _settle(
     principal: Principal, confirmation_id: str, accepted: bool, render: Render
 ) -> CallToolResult:
-    def settle() -> PendingTrade:
+    def settle() -> CallToolResult:
         if accepted:
-            return trading.confirm_trade(principal, confirmation_id, elicited=True)
-        return trading.decline_trade(principal, confirmation_id)
+            return render(trading.confirm_trade(principal, confirmation_id, elicited=True))
+        return render(trading.decline_trade(principal, confirmation_id))
 
     try:
         # Shielded: once submission starts it runs to a recorded outcome even if the
         # client goes away.
-        trade = await asyncio.shield(run_in_db_thread(settle))
+        return await asyncio.shield(run_in_db_thread(settle))
     except ControlPlaneError as exc:
         return tool_error(exc.code, exc.message)
-    return render(trade)

@@ -128,12 +128,18 @@ def _audit(
         if isinstance(principal_or_actor, Actor)
         else Actor.end_user(principal_or_actor.user_id)
     )
+    if isinstance(principal_or_actor, Principal):
+        # Known from the token: no walk through trade -> connection -> user -> platform.
+        platform, end_user = principal_or_actor.client_id, principal_or_actor.user_id
+    else:
+        platform = trade.connection.end_user.platform.client_id
+        end_user = trade.end_user.user_id
     record(
         action,
         actor=actor,
         outcome=outcome,
-        platform=trade.connection.end_user.platform.client_id,
-        end_user=trade.end_user.user_id,
+        platform=platform,
+        end_user=end_user,
         jti=principal_or_actor.jti if isinstance(principal_or_actor, Principal) else "",
         target=f"trade:{trade.confirmation_id}",
         detail={
