@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 # broker key -> (label, dotted path of the adapter class)
 BROKERS: dict[str, tuple[str, str]] = {
     "paper": ("Paper trading (simulated)", "brokers.paper.adapter.PaperBroker"),
+    "etrade": ("E*TRADE", "brokers.etrade.adapter.ETradeBroker"),
 }
 
 

@@ -257,6 +257,38 @@ PAPER_SECOND_ACCOUNT = env_bool("PAPER_SECOND_ACCOUNT", False)
 # NYSE hours (9:30-16:00 US Eastern, Monday to Friday; 4:00-20:00 for extended hours).
 PAPER_MARKET_HOURS = env_choice("PAPER_MARKET_HOURS", "always", ("always", "regular"))
 
+# ---- E*TRADE -----------------------------------------------------------------------------
+# The consumer pair from E*TRADE's developer portal. It lives only in the environment (or
+# NAME_FILE), never in the database. Sandbox keys differ from production keys; with the
+# sandbox pair unset, sandbox connections use the main pair.
+ETRADE_CONSUMER_KEY = env_str("ETRADE_CONSUMER_KEY")
+ETRADE_CONSUMER_SECRET = env_str("ETRADE_CONSUMER_SECRET")
+ETRADE_SANDBOX_CONSUMER_KEY = env_str("ETRADE_SANDBOX_CONSUMER_KEY")
+ETRADE_SANDBOX_CONSUMER_SECRET = env_str("ETRADE_SANDBOX_CONSUMER_SECRET")
+# Empty: by the connection's environment, https://apisb.etrade.com for sandbox and
+# https://api.etrade.com for production.
+ETRADE_API_BASE_URL = (
+    parse_base_url("ETRADE_API_BASE_URL", env_str("ETRADE_API_BASE_URL"), require_https=PRODUCTION)
+    if env_str("ETRADE_API_BASE_URL")
+    else ""
+)
+# Empty: {ETRADE_API_BASE_URL}/oauth when that is set, else https://api.etrade.com/oauth for
+# both environments, as E*TRADE's own sample client does.
+ETRADE_OAUTH_BASE_URL = (
+    parse_base_url(
+        "ETRADE_OAUTH_BASE_URL", env_str("ETRADE_OAUTH_BASE_URL"), require_https=PRODUCTION
+    )
+    if env_str("ETRADE_OAUTH_BASE_URL")
+    else ""
+)
+ETRADE_AUTHORIZE_URL = parse_base_url(
+    "ETRADE_AUTHORIZE_URL",
+    env_str("ETRADE_AUTHORIZE_URL") or "https://us.etrade.com/e/t/etws/authorize",
+    require_https=PRODUCTION,
+)
+# Both the connect and the read timeout of every call to E*TRADE.
+ETRADE_TIMEOUT_SECONDS = env_int("ETRADE_TIMEOUT_SECONDS", 10, minimum=1, maximum=120)
+
 # ---- Logging: JSON lines on stderr, secrets redacted -------------------------------------
 LOG_LEVEL = env_choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"))
 LOGGING = {

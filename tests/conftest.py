@@ -19,6 +19,7 @@ from controlplane.models import ALL_SCOPES, EndUser, Platform
 from controlplane.redis_client import get_redis
 from controlplane.services.platforms import create_platform
 from controlplane.services.users import create_end_user
+from tests.fake_etrade.fixtures import fake_etrade  # noqa: F401
 
 OPERATOR = Actor.operator("test-operator")
 

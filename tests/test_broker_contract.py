@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields, is_dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
 from types import UnionType
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import time_machine
@@ -42,8 +43,11 @@ from brokers.base import (
     TransactionType,
 )
 from brokers.registry import get_adapter
+from controlplane.models import BrokerConnection
 from controlplane.services.connections import create_connection
 from tests.conftest import OPERATOR, UserCreds
+from tests.fake_etrade import FakeETrade
+from tests.fake_etrade.brokerage import SECURITIES
 
 
 @dataclass
@@ -133,8 +137,41 @@ def paper_case(request: pytest.FixtureRequest) -> Iterator[BrokerCase]:
         )
 
 
+def connect_etrade(user: UserCreds, fake: FakeETrade) -> BrokerAdapter:
+    """Connect as the control plane does, do the person's part on the fake's authorize
+    page, finish the OAuth exchange and keep the credentials."""
+    connection = create_connection(
+        user.user, broker="etrade", environment="sandbox", trading_requested=True, actor=OPERATOR
+    )
+    adapter = get_adapter(connection)
+    authorization = adapter.start_authorization()
+    assert authorization is not None
+    [request_token] = parse_qs(urlsplit(authorization.authorize_url).query)["token"]
+    adapter.complete_authorization(fake.approve(request_token, user=user.user_id))
+    connection.status = BrokerConnection.Status.ACTIVE
+    connection.save()
+    return adapter
+
+
+@contextmanager
+def etrade_case(request: pytest.FixtureRequest) -> Iterator[BrokerCase]:
+    fake: FakeETrade = request.getfixturevalue("fake_etrade")
+    broker = connect_etrade(request.getfixturevalue("alice"), fake)
+    other = connect_etrade(request.getfixturevalue("bob"), fake)
+    yield BrokerCase(
+        broker=broker,
+        account_id=broker.list_accounts()[0].account_id,
+        foreign_account_id=other.list_accounts()[0].account_id,
+        symbol="AAPL",
+        symbols=sorted(SECURITIES)[:30],
+        unknown_symbol="ZZZZQ",
+        market_closed=fake.closed_market,
+    )
+
+
 CASES: dict[str, Callable[[pytest.FixtureRequest], AbstractContextManager[BrokerCase]]] = {
     "paper": paper_case,
+    "etrade": etrade_case,
 }
 
 
