@@ -23,8 +23,10 @@ from controlplane.models import (
     PendingTrade,
     Platform,
     RiskPolicy,
+    WebhookDelivery,
+    WebhookEndpoint,
 )
-from controlplane.services import connections, platforms, tokens, trading, users
+from controlplane.services import connections, platforms, tokens, trading, users, webhooks
 
 admin.site.site_header = "Tradeplane operations"
 admin.site.site_title = "Tradeplane"
@@ -418,3 +420,114 @@ class GlobalTradingHaltAdmin(admin.ModelAdmin[GlobalTradingHalt]):
     ) -> None:
         platforms.set_global_halt(obj.halted, reason=obj.reason or "admin", actor=operator(request))
         obj.pk = 1
+
+
+class WebhookEndpointForm(forms.ModelForm[WebhookEndpoint]):
+    class Meta:
+        model = WebhookEndpoint
+        fields = ["platform", "url"]
+
+    def clean_url(self) -> str:
+        try:
+            return webhooks.check_url(self.cleaned_data["url"])
+        except ControlPlaneError as exc:
+            raise forms.ValidationError(exc.message) from exc
+
+
+@admin.register(WebhookEndpoint)
+class WebhookEndpointAdmin(admin.ModelAdmin[WebhookEndpoint]):
+    """A platform's webhook URL. Registering one shows its signing secret once; every change
+    goes through the audited webhook service."""
+
+    list_display = ["platform", "url", "created_at", "updated_at"]
+    search_fields = ["=platform__client_id", "url"]
+    list_select_related = ["platform"]
+    form = WebhookEndpointForm
+    fields = ["platform", "url", "created_at", "updated_at"]
+    readonly_fields = ["created_at", "updated_at"]
+    actions = ["rotate_secret"]
+
+    def get_readonly_fields(
+        self, request: HttpRequest, obj: WebhookEndpoint | None = None
+    ) -> list[str]:
+        return [*self.readonly_fields, "platform"] if obj is not None else self.readonly_fields
+
+    def save_model(
+        self,
+        request: HttpRequest,
+        obj: WebhookEndpoint,
+        form: ModelForm[WebhookEndpoint],
+        change: bool,
+    ) -> None:
+        registration = webhooks.set_webhook(obj.platform, url=obj.url, actor=operator(request))
+        obj.pk = registration.endpoint.pk
+        obj.secret_ciphertext = registration.endpoint.secret_ciphertext
+        obj.created_at = registration.endpoint.created_at
+        obj.updated_at = registration.endpoint.updated_at
+        obj._state.adding = False
+        if registration.signing_secret:
+            _show_secret_once(request, obj, registration.signing_secret)
+
+    def delete_model(self, request: HttpRequest, obj: WebhookEndpoint) -> None:
+        webhooks.delete_webhook(obj.platform, actor=operator(request))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[WebhookEndpoint]) -> None:
+        for endpoint in queryset.select_related("platform"):
+            webhooks.delete_webhook(endpoint.platform, actor=operator(request))
+
+    @admin.action(description="Rotate the signing secret (shown once)")
+    def rotate_secret(self, request: HttpRequest, queryset: QuerySet[WebhookEndpoint]) -> None:
+        for endpoint in queryset.select_related("platform"):
+            try:
+                secret = webhooks.rotate_signing_secret(endpoint, actor=operator(request))
+            except ControlPlaneError as exc:
+                messages.error(request, f"{endpoint.platform.client_id}: {exc.message}")
+                continue
+            _show_secret_once(request, endpoint, secret)
+
+
+def _show_secret_once(request: HttpRequest, endpoint: WebhookEndpoint, secret: str) -> None:
+    messages.warning(
+        request,
+        f"Signing secret for the webhook of {endpoint.platform.client_id} — copy it now, it "
+        f"is not shown again: {secret}",
+    )
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(admin.ModelAdmin[WebhookDelivery]):
+    """The delivery log: read-only. Operators may send a failed event once more."""
+
+    list_display = [
+        "created_at",
+        "event_type",
+        "platform",
+        "status",
+        "attempts",
+        "last_status_code",
+        "next_attempt_at",
+        "delivered_at",
+    ]
+    list_filter = ["status", "event_type", "platform"]
+    search_fields = ["=event_id", "=platform__client_id"]
+    list_select_related = ["platform"]
+    show_full_result_count = False
+    readonly_fields = [f.name for f in WebhookDelivery._meta.fields]
+    actions = ["retry"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.action(description="Send again (failed deliveries, one more attempt)")
+    def retry(self, request: HttpRequest, queryset: QuerySet[WebhookDelivery]) -> None:
+        changed = sum(
+            webhooks.retry_delivery(d, actor=operator(request))
+            for d in queryset.select_related("platform")
+        )
+        _report(request, changed, queryset.count(), "Sent again")

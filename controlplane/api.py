@@ -3,21 +3,24 @@ a service; every error leaves through `render_error` in one JSON shape."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from http import HTTPStatus
 from typing import Annotated, Any
 from uuid import UUID
 
 from django.http import HttpRequest, HttpResponse
-from ninja import Header, NinjaAPI, Router, Status
+from ninja import Header, NinjaAPI, Router, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import APIKeyHeader
+from pydantic import Field
 
 from audit.events import Actor
 from controlplane.accesstokens import jwks
 from controlplane.authn import authenticate_platform
 from controlplane.errors import ControlPlaneError, InvalidArgument, InvalidCredentials, NotFound
-from controlplane.models import BrokerConnection, EndUser, Platform
+from controlplane.models import BrokerConnection, EndUser, Platform, WebhookEndpoint
 from controlplane.schemas import (
+    ConnectionCompleteIn,
     ConnectionIn,
     ConnectionOut,
     ErrorOut,
@@ -25,11 +28,12 @@ from controlplane.schemas import (
     NewUserOut,
     RevokedOut,
     RevokeIn,
+    StrictSchema,
     TokenOut,
     UserIn,
     UserOut,
 )
-from controlplane.services import connections, tokens, users
+from controlplane.services import connections, tokens, users, webhooks
 
 api = NinjaAPI(
     title="Tradeplane API",
@@ -109,11 +113,13 @@ ERRORS: dict[int, Any] = {
     409: ErrorOut,
     422: ErrorOut,
     429: ErrorOut,
+    502: ErrorOut,
     503: ErrorOut,
 }
 
 auth_router = Router(tags=["tokens"])
 platform_router = Router(tags=["users and connections"], auth=PlatformCredentials())
+webhook_router = Router(tags=["webhook"], auth=PlatformCredentials())
 
 
 @auth_router.post("/tokens/user", response={200: TokenOut, **ERRORS})
@@ -198,17 +204,39 @@ def delete_user(request: HttpRequest, user_id: str) -> Status[None]:
 @platform_router.post("/users/{user_id}/connections", response={201: ConnectionOut, **ERRORS})
 def create_connection(
     request: HttpRequest, user_id: str, body: ConnectionIn
-) -> Status[BrokerConnection]:
-    """Connect a brokerage account. Trading stays off until an operator grants it."""
+) -> Status[ConnectionOut]:
+    """Connect a brokerage account. The paper broker is active at once; OAuth brokers
+    (E*TRADE) answer with an `authorize_url` for the person, valid 5 minutes, and wait in
+    `pending_authorization` for the verifier. Trading stays off until an operator grants it."""
     platform = _platform(request)
-    connection = connections.create_connection(
+    started = connections.start_connection(
         _live_user(platform, user_id),
         broker=body.broker,
         environment=body.environment,
         trading_requested=body.trading_requested,
         actor=Actor.platform(platform.client_id),
     )
-    return Status(201, connection)
+    out = ConnectionOut.from_orm(started.connection)
+    if started.authorization is not None:
+        out.authorize_url = started.authorization.authorize_url
+        out.authorization_expires_at = started.authorization.expires_at
+    return Status(201, out)
+
+
+@platform_router.post(
+    "/connections/{connection_id}/complete", response={200: ConnectionOut, **ERRORS}
+)
+def complete_connection(
+    request: HttpRequest, connection_id: UUID, body: ConnectionCompleteIn
+) -> BrokerConnection:
+    """Finish connecting an OAuth broker with the verifier the person was shown after
+    approving: the connection becomes active and its accounts are discovered."""
+    platform = _platform(request)
+    return connections.complete_connection(
+        _platform_connection(platform, connection_id),
+        body.verifier,
+        actor=Actor.platform(platform.client_id),
+    )
 
 
 @platform_router.get("/users/{user_id}/connections", response={200: list[ConnectionOut], **ERRORS})
@@ -219,7 +247,15 @@ def list_connections(request: HttpRequest, user_id: str) -> list[BrokerConnectio
 
 @platform_router.delete("/connections/{connection_id}", response={204: None, **ERRORS})
 def delete_connection(request: HttpRequest, connection_id: UUID) -> Status[None]:
+    """Disconnect: the broker's token is revoked and the stored credentials wiped."""
     platform = _platform(request)
+    connection = _platform_connection(platform, connection_id)
+    connections.revoke_connection(connection, actor=Actor.platform(platform.client_id))
+    return Status(204, None)
+
+
+def _platform_connection(platform: Platform, connection_id: UUID) -> BrokerConnection:
+    """One of the platform's live connections; another platform's looks like a missing one."""
     connection = (
         BrokerConnection.objects.select_related("end_user__platform")
         .filter(pk=connection_id, end_user__platform=platform, end_user__deleted_at__isnull=True)
@@ -228,8 +264,94 @@ def delete_connection(request: HttpRequest, connection_id: UUID) -> Status[None]
     )
     if connection is None:
         raise NotFound("no such connection")
-    connections.revoke_connection(connection, actor=Actor.platform(platform.client_id))
+    return connection
+
+
+# ---- Webhook ----------------------------------------------------------------------------
+# The schemas of these routes live here with them (schemas.py holds the older ones).
+
+
+class WebhookIn(StrictSchema):
+    url: str = Field(min_length=1, max_length=2000, examples=["https://example.com/hooks/tp"])
+    rotate_secret: bool = Field(
+        default=False, description="Replace the signing secret; the new one is returned once."
+    )
+
+
+class WebhookOut(Schema):
+    url: str
+    created_at: datetime
+    updated_at: datetime
+    signing_secret: str | None = Field(
+        default=None, description="Only when the endpoint is new or its secret was rotated."
+    )
+    events: list[str]
+
+
+class WebhookTestOut(Schema):
+    event_id: str
+    event_type: str
+    status: str
+
+
+WEBHOOK_EVENTS = sorted(
+    value
+    for name, value in vars(webhooks.EventType).items()
+    if name.isupper() and value != webhooks.EventType.WEBHOOK_TEST
+)
+
+
+def _webhook_out(endpoint: WebhookEndpoint, signing_secret: str | None = None) -> WebhookOut:
+    return WebhookOut(
+        url=endpoint.url,
+        created_at=endpoint.created_at,
+        updated_at=endpoint.updated_at,
+        signing_secret=signing_secret,
+        events=WEBHOOK_EVENTS,
+    )
+
+
+@webhook_router.put("/webhook", response={200: WebhookOut, 201: WebhookOut, **ERRORS})
+def set_webhook(request: HttpRequest, body: WebhookIn) -> Status[WebhookOut]:
+    """Register the URL that receives this platform's signed events, or change it. A new
+    endpoint (201) gets a `signing_secret`, returned here once and never again."""
+    platform = _platform(request)
+    registration = webhooks.set_webhook(
+        platform,
+        url=body.url,
+        rotate_secret=body.rotate_secret,
+        actor=Actor.platform(platform.client_id),
+    )
+    return Status(
+        201 if registration.created else 200,
+        _webhook_out(registration.endpoint, registration.signing_secret),
+    )
+
+
+@webhook_router.get("/webhook", response={200: WebhookOut, **ERRORS})
+def get_webhook(request: HttpRequest) -> WebhookOut:
+    return _webhook_out(webhooks.get_webhook(_platform(request)))
+
+
+@webhook_router.delete("/webhook", response={204: None, **ERRORS})
+def delete_webhook(request: HttpRequest) -> Status[None]:
+    """Stop sending events. Events not delivered yet are cancelled."""
+    platform = _platform(request)
+    if not webhooks.delete_webhook(platform, actor=Actor.platform(platform.client_id)):
+        raise NotFound("no webhook is registered")
     return Status(204, None)
+
+
+@webhook_router.post("/webhook/test", response={202: WebhookTestOut, **ERRORS})
+def test_webhook(request: HttpRequest) -> Status[WebhookTestOut]:
+    """Send a `webhook.test` event to the registered URL (asynchronously)."""
+    delivery = webhooks.send_test_event(_platform(request))
+    return Status(
+        202,
+        WebhookTestOut(
+            event_id=delivery.event_id, event_type=delivery.event_type, status=delivery.status
+        ),
+    )
 
 
 @api.get("/.well-known/jwks.json", tags=["tokens"], include_in_schema=True)
@@ -240,3 +362,4 @@ def jwks_document(request: HttpRequest) -> dict[str, Any]:
 
 api.add_router("/auth", auth_router)
 api.add_router("/v1", platform_router)
+api.add_router("/v1", webhook_router)

@@ -1,5 +1,11 @@
-"""The Celery application. Redis is its broker in production; in embedded mode (no
-REDIS_URL) tasks run eagerly in the calling process."""
+"""The Celery application: background sweeps on a beat schedule, and webhook delivery.
+
+Production: Redis is the broker; a worker pool and exactly one beat run as their own
+processes (docs/deploy.md). Embedded mode (no REDIS_URL): kombu's filesystem transport
+under var/ is the broker, and `make run` starts one worker with an embedded beat next to
+the web server, so the same tasks run on the same schedule with no Redis. Settings are the
+CELERY_* names in controlplane.settings.
+"""
 
 from __future__ import annotations
 

@@ -412,9 +412,7 @@ class PendingTrade(models.Model):
     # What the broker last said about the submitted order, kept by the order follow-up.
     order_status = models.CharField(max_length=20, blank=True, db_index=True)
     filled_quantity = models.DecimalField(max_digits=20, decimal_places=6, default=0)
-    average_fill_price = models.DecimalField(
-        max_digits=20, decimal_places=6, null=True, blank=True
-    )
+    average_fill_price = models.DecimalField(max_digits=20, decimal_places=6, null=True, blank=True)
     order_checked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -441,3 +439,93 @@ class GlobalTradingHalt(models.Model):
     @classmethod
     def is_halted(cls) -> bool:
         return cls.objects.filter(pk=1, halted=True).exists()
+
+
+class WebhookEndpoint(models.Model):
+    """Where one platform receives signed event notifications (one URL per platform).
+
+    The signing secret has to be read back to sign every delivery, so it is encrypted at
+    rest like broker credentials, with the row's id as associated data: a ciphertext copied
+    into another platform's row does not decrypt.
+    """
+
+    # A UUID known before the first save, so the secret can be bound to the row at once.
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    platform = models.OneToOneField(
+        Platform, on_delete=models.PROTECT, related_name="webhook_endpoint"
+    )
+    url = models.URLField(max_length=2000)
+    secret_ciphertext = models.TextField(editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["platform"]
+
+    def __str__(self) -> str:
+        return f"{self.url} ({self.platform_id})"
+
+    def _secret_context(self) -> str:
+        return f"webhook_endpoint:{self.pk}:signing_secret"
+
+    def set_signing_secret(self, secret: str) -> None:
+        self.secret_ciphertext = encryption.encrypt(secret.encode(), context=self._secret_context())
+
+    def get_signing_secret(self) -> str:
+        """DecryptionError if the ciphertext is not this row's."""
+        return encryption.decrypt(self.secret_ciphertext, context=self._secret_context()).decode()
+
+
+class WebhookDelivery(models.Model):
+    """One event for one platform and the record of sending it: the source of truth for
+    what was sent and what still has to be. The row is written in the transaction of the
+    change it reports; a periodic sweep sends whatever is due, so an event outlives a
+    Celery broker outage or a killed worker.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        DELIVERED = "delivered"
+        FAILED = "failed"  # every attempt failed
+        CANCELLED = "cancelled"  # the endpoint was removed before the event got through
+
+    event_id = models.CharField(max_length=40, unique=True, editable=False)
+    event_type = models.CharField(max_length=64, db_index=True)
+    platform = models.ForeignKey(
+        Platform, on_delete=models.PROTECT, related_name="webhook_deliveries"
+    )
+    endpoint = models.ForeignKey(
+        WebhookEndpoint,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="deliveries",
+    )
+    data = models.JSONField()
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    # Attempts made so far; a send claims the row for exactly this count (see the service).
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField()
+    # Held while one worker sends, so no other sends the same attempt meanwhile.
+    locked_until = models.DateTimeField(null=True, blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True)
+    url = models.URLField(max_length=2000, blank=True, help_text="Where the last attempt went.")
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "webhook deliveries"
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at"],
+                condition=Q(status="pending"),
+                name="webhook_delivery_due",
+            ),
+            models.Index(fields=["platform", "created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.event_id} [{self.status}]"

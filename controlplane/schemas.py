@@ -84,6 +84,21 @@ class ConnectionOut(Schema):
     broker: str
     environment: str
     status: str
+    status_reason: str
     trading_requested: bool
     trading_enabled: bool
     created_at: datetime
+    authorize_url: str | None = Field(
+        default=None,
+        description="OAuth brokers: where the person approves access; then POST the verifier "
+        "they are shown to /v1/connections/{id}/complete.",
+    )
+    authorization_expires_at: datetime | None = Field(
+        default=None, description="The authorize_url works until then (5 minutes)."
+    )
+
+
+class ConnectionCompleteIn(StrictSchema):
+    verifier: str = Field(
+        min_length=1, max_length=64, pattern=r"^[A-Za-z0-9]+$", description="From the broker"
+    )

@@ -320,10 +320,85 @@ LOGGING = {
     },
 }
 
-# ---- Celery ------------------------------------------------------------------------------
-CELERY_BROKER_URL = REDIS_URL or "memory://"
-CELERY_TASK_ALWAYS_EAGER = REDIS_URL is None
+# ---- Background work (Celery) ------------------------------------------------------------
+# Production: Redis (CELERY_BROKER_URL may name a Redis of its own, so that no eviction
+# policy meant for rate limits can ever drop queued tasks). Embedded mode: kombu's
+# filesystem transport under var/celery/, so that `make run` runs the very same tasks on
+# the same schedule in a worker process of its own, with no Redis.
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or REDIS_URL or "filesystem://localhost//"
+_celery_dir = VAR_DIR / "celery"  # the beat's schedule file; the queue in embedded mode
+_celery_dir.mkdir(parents=True, exist_ok=True)
+if urlsplit(CELERY_BROKER_URL).scheme == "filesystem":
+    for _folder in ("queue", "control"):
+        (_celery_dir / _folder).mkdir(exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
+        "data_folder_in": str(_celery_dir / "queue"),
+        "data_folder_out": str(_celery_dir / "queue"),
+        "control_folder": str(_celery_dir / "control"),
+    }
+elif urlsplit(CELERY_BROKER_URL).scheme in ("redis", "rediss", "unix"):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        # A task held by a worker that died is handed out again after this: far above the
+        # longest task (the time limits below) and above every retry countdown.
+        "visibility_timeout": 600,
+        "socket_connect_timeout": 2,
+        # Above the 1 s BRPOP an idle worker waits on, or its reads would time out. Request
+        # paths never publish through these: see webhooks.publish_deliveries.
+        "socket_timeout": 5,
+    }
+else:
+    raise ImproperlyConfigured(
+        "CELERY_BROKER_URL must be a redis://, rediss://, unix:// or filesystem:// URL"
+    )
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Acknowledged only when done, and handed out again if the worker process dies: every task
+# is idempotent, so running one twice is safe and losing one is not.
 CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_TASK_SOFT_TIME_LIMIT = 60
 CELERY_TASK_TIME_LIMIT = 90
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600, "socket_timeout": 2}
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False  # keep the JSON logging above
+CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULE_FILENAME = str(_celery_dir / "beat-schedule")
+
+
+def _every(task: str, seconds: int) -> dict[str, Any]:
+    # A run not started within its interval is dropped: the next one does the same work.
+    return {
+        "task": f"controlplane.tasks.{task}",
+        "schedule": seconds,
+        "options": {"expires": seconds},
+    }
+
+
+# One beat process runs this schedule (docs/deploy.md); every task is safe to run twice.
+CELERY_BEAT_SCHEDULE = {
+    "expire-pending-trades": _every("expire_pending_trades", 15),
+    "send-pending-webhooks": _every("send_pending_webhooks", 15),
+    "follow-open-orders": _every("follow_open_orders", 30),
+    "evaluate-paper-orders": _every("evaluate_paper_orders", 30),
+    "reconcile-unknown-trades": _every("reconcile_unknown_trades", 60),
+    "renew-broker-tokens": _every("renew_broker_tokens", 300),
+}
+
+# ---- Platform webhooks -------------------------------------------------------------------
+# The read timeout of one delivery attempt (connecting gets 5 s more).
+TRADEPLANE_WEBHOOK_TIMEOUT_SECONDS = env_int(
+    "TRADEPLANE_WEBHOOK_TIMEOUT_SECONDS", 10, minimum=1, maximum=20
+)
+# Attempts per event before it is marked failed; the first retry waits this many seconds,
+# each later one twice as long as the one before, at most an hour.
+TRADEPLANE_WEBHOOK_MAX_ATTEMPTS = env_int(
+    "TRADEPLANE_WEBHOOK_MAX_ATTEMPTS", 10, minimum=1, maximum=30
+)
+TRADEPLANE_WEBHOOK_RETRY_SECONDS = env_int(
+    "TRADEPLANE_WEBHOOK_RETRY_SECONDS", 30, minimum=1, maximum=3600
+)
+# Off in production: webhook URLs must resolve to public addresses only (no requests into
+# this server's own network on a platform's behalf).
+TRADEPLANE_WEBHOOK_ALLOW_PRIVATE_NETWORKS = env_bool(
+    "TRADEPLANE_WEBHOOK_ALLOW_PRIVATE_NETWORKS", not PRODUCTION
+)

@@ -17,6 +17,7 @@ from audit.events import Action, Actor, record
 from controlplane import accesstokens, encryption
 from controlplane.config import EmbeddedSecrets, format_keyring, new_key_id
 from controlplane.models import BrokerConnection, IssuedToken
+from controlplane.services import webhooks
 
 
 def new_keyring_value(current: list[tuple[str, bytes]], prefix: str) -> list[tuple[str, bytes]]:
@@ -88,6 +89,10 @@ def reencrypt_credentials(*, actor: Actor) -> ReencryptionReport:
             connection.set_credentials(credentials)
             connection.save(update_fields=["credentials_ciphertext"])
             rewritten += 1
+    # Webhook signing secrets are encrypted under the same keys.
+    webhook_rows, webhook_rewritten = webhooks.reencrypt_signing_secrets()
+    rows += webhook_rows
+    rewritten += webhook_rewritten
     record(
         Action.ENCRYPTION_KEY_ROTATED,
         actor=actor,

@@ -35,6 +35,7 @@ from controlplane import risk
 from controlplane.accesstokens import Principal
 from controlplane.errors import BrokerFailure, ControlPlaneError, InvalidArgument, NotFound
 from controlplane.models import BrokerAccount, BrokerConnection, Watchlist
+from controlplane.services.broker_tokens import mark_needs_reauth
 
 NOT_FOUND_CODES = frozenset({BrokerErrorCode.ACCOUNT_NOT_FOUND, BrokerErrorCode.ORDER_NOT_FOUND})
 DEFAULT_WATCHLIST = "default"
@@ -46,17 +47,23 @@ class ConnectionNeedsReauth(ControlPlaneError):
 
     def __init__(self, connection: BrokerConnection) -> None:
         super().__init__(
-            f"auth_expired: the {connection.broker} connection needs to be reconnected by the "
-            "person (their platform can start a new connection)"
+            f"auth_expired: the {connection.broker} connection's login has expired; the person "
+            "must reconnect the account (their platform starts a new connection)"
         )
 
 
-def call_broker[T](call: Callable[[], T]) -> T:
+def call_broker[T](call: Callable[[], T], connection: BrokerConnection) -> T:
+    """One call to the connection's broker, its BrokerError turned into ours. Credentials
+    the broker no longer accepts put the connection in needs_reauth: only the person can
+    connect again, and every tool says so from then on without calling the broker."""
     try:
         return call()
     except BrokerError as exc:
         if exc.code in NOT_FOUND_CODES:
             raise NotFound(exc.broker_message) from exc
+        if exc.code == BrokerErrorCode.AUTH_EXPIRED:
+            mark_needs_reauth(connection, reason=exc.broker_message)
+            raise ConnectionNeedsReauth(connection) from exc
         raise BrokerFailure(exc) from exc
 
 
@@ -70,6 +77,9 @@ class ResolvedAccount:
     def key(self) -> str:
         return self.account.broker_account_key
 
+    def call[T](self, call: Callable[[], T]) -> T:
+        return call_broker(call, self.connection)
+
 
 def live_connections(principal: Principal) -> list[BrokerConnection]:
     return list(
@@ -81,7 +91,7 @@ def live_connections(principal: Principal) -> list[BrokerConnection]:
 
 def discover_accounts(connection: BrokerConnection) -> list[BrokerAccount]:
     """Ask the broker which accounts the connection reaches; give new ones a stable id."""
-    found = call_broker(get_adapter(connection).list_accounts)
+    found = call_broker(get_adapter(connection).list_accounts, connection)
     known = {a.broker_account_key: a for a in connection.accounts.all()}
     for account in found:
         if account.account_id in known:
@@ -147,26 +157,26 @@ def quote_connection(principal: Principal, account_id: str | None) -> BrokerConn
 
 def get_balance(principal: Principal, account_id: str) -> tuple[ResolvedAccount, Balance]:
     resolved = resolve_account(principal, account_id)
-    return resolved, call_broker(lambda: resolved.adapter.get_balance(resolved.key))
+    return resolved, resolved.call(lambda: resolved.adapter.get_balance(resolved.key))
 
 
 def get_positions(principal: Principal, account_id: str) -> tuple[ResolvedAccount, list[Position]]:
     resolved = resolve_account(principal, account_id)
-    return resolved, call_broker(lambda: resolved.adapter.get_positions(resolved.key))
+    return resolved, resolved.call(lambda: resolved.adapter.get_positions(resolved.key))
 
 
 def get_quotes(
     principal: Principal, symbols: list[str], account_id: str | None = None
 ) -> tuple[BrokerConnection, list[Quote]]:
     connection = quote_connection(principal, account_id)
-    return connection, call_broker(lambda: get_adapter(connection).get_quotes(symbols))
+    return connection, call_broker(lambda: get_adapter(connection).get_quotes(symbols), connection)
 
 
 def list_orders(
     principal: Principal, account_id: str, status: OrderStatus | None, limit: int
 ) -> tuple[ResolvedAccount, list[Order]]:
     resolved = resolve_account(principal, account_id)
-    return resolved, call_broker(
+    return resolved, resolved.call(
         lambda: resolved.adapter.list_orders(resolved.key, status=status, limit=limit)
     )
 
@@ -175,7 +185,7 @@ def get_order(
     principal: Principal, account_id: str, order_id: str
 ) -> tuple[ResolvedAccount, Order]:
     resolved = resolve_account(principal, account_id)
-    return resolved, call_broker(lambda: resolved.adapter.get_order(resolved.key, order_id))
+    return resolved, resolved.call(lambda: resolved.adapter.get_order(resolved.key, order_id))
 
 
 def list_transactions(
@@ -186,7 +196,7 @@ def list_transactions(
     limit: int,
 ) -> tuple[ResolvedAccount, list[Transaction]]:
     resolved = resolve_account(principal, account_id)
-    return resolved, call_broker(
+    return resolved, resolved.call(
         lambda: resolved.adapter.list_transactions(resolved.key, start=start, end=end, limit=limit)
     )
 
@@ -225,10 +235,10 @@ def risk_context_and_day(
     today's orders only when a limit of the policy looks at them (they are the costly
     reads). Trades awaiting confirmation are added by the trading service."""
     adapter, key = resolved.adapter, resolved.key
-    (quote,) = call_broker(lambda: adapter.get_quotes([request.symbol]))
-    balance = call_broker(lambda: adapter.get_balance(key))
+    (quote,) = resolved.call(lambda: adapter.get_quotes([request.symbol]))
+    balance = resolved.call(lambda: adapter.get_balance(key))
     positions = (
-        call_broker(lambda: adapter.get_positions(key))
+        resolved.call(lambda: adapter.get_positions(key))
         if policy.max_position_concentration_pct is not None
         else []
     )
@@ -237,7 +247,7 @@ def risk_context_and_day(
         or policy.max_notional_per_day is not None
         or bool(policy.duplicate_window_seconds)
     )
-    orders = call_broker(lambda: adapter.list_orders(key, limit=200)) if needs_orders else []
+    orders = resolved.call(lambda: adapter.list_orders(key, limit=200)) if needs_orders else []
     price = reference_price(request, quote)
     now = timezone.now()
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -289,7 +299,7 @@ def preview_order(
     policy = risk.resolve_policy(resolved.connection)
     ctx, _ = risk_context_and_day(resolved, request, policy)
     checks = risk.evaluate(policy, ctx)
-    preview = call_broker(lambda: resolved.adapter.preview_order(resolved.key, request))
+    preview = resolved.call(lambda: resolved.adapter.preview_order(resolved.key, request))
     return resolved, preview, checks
 
 

@@ -59,9 +59,10 @@ from controlplane.models import (
     Platform,
     Scope,
 )
-from controlplane.services import portfolio
+from controlplane.services import portfolio, webhooks
 
 Status = PendingTrade.Status
+DECLINED_BY_PERSON = "declined by the person in the confirmation dialog"
 # Re-checked at confirm: the checks whose answer can change while a trade waits.
 TIME_DEPENDENT_CHECKS: tuple[risk.Check, ...] = (
     risk.max_orders_per_day,
@@ -257,7 +258,7 @@ def create_order(
     digest = order_hash(account_id, order)
     # Broker reads and the preview first, outside any lock.
     ctx, day = portfolio.risk_context_and_day(resolved, request, policy)
-    preview = portfolio.call_broker(lambda: resolved.adapter.preview_order(resolved.key, request))
+    preview = resolved.call(lambda: resolved.adapter.preview_order(resolved.key, request))
     confirmation_id = "cf_" + secrets.token_urlsafe(24)  # 192 bits
     with transaction.atomic():
         # One creator at a time per connection, so concurrent orders cannot together
@@ -323,7 +324,7 @@ def create_cancel(principal: Principal, account_id: str, order_id: str) -> Pendi
     """A pending cancel of an open order, confirmed like an order."""
     resolved = portfolio.resolve_account(principal, account_id)
     check_trading_allowed(principal, resolved.connection)
-    order = portfolio.call_broker(lambda: resolved.adapter.get_order(resolved.key, order_id))
+    order = resolved.call(lambda: resolved.adapter.get_order(resolved.key, order_id))
     if order.status.is_final:
         raise BrokerFailure(
             BrokerError(
@@ -565,6 +566,7 @@ def expire_pending_trades() -> int:
                     "connection__end_user__platform", "end_user"
                 ).get(pk=pk)
                 _audit(Action.TRADE_EXPIRED, trade, Actor.system("expire_pending_trades"))
+                webhooks.notify_trade_expired(trade)
                 expired += 1
     return expired
 
