@@ -16,6 +16,7 @@ from django.test import Client, override_settings
 from django.utils import timezone
 
 from audit.models import AuditEvent
+from controlplane import tasks
 from controlplane.models import BrokerAccount, BrokerConnection, PendingTrade
 from controlplane.services.connections import set_trading_enabled
 from tests.conftest import OPERATOR, UserCreds, make_platform, make_user
@@ -243,6 +244,20 @@ def test_an_answer_lost_after_etrade_accepted_leaves_the_trade_unknown_and_never
     assert len(held) == 1
     assert audit_actions(trade) == ["trade.created", "trade.confirmed", "trade.unknown"]
 
+    # Reconciliation finds E*TRADE's order by the client order id, and places nothing.
+    tasks.reconcile_unknown_trades.apply().get()
+    tasks.reconcile_unknown_trades.apply().get()  # a second run changes nothing
+    trade.refresh_from_db()
+    assert trade.status == PendingTrade.Status.SUBMITTED
+    assert trade.broker_order_id == str(held[0].order_id)
+    assert fake.calls["orders.place"] == places_before + 1
+    assert audit_actions(trade) == [
+        "trade.created",
+        "trade.confirmed",
+        "trade.unknown",
+        "trade.reconciled",
+    ]
+
 
 def test_a_token_past_midnight_asks_the_person_to_reconnect(
     client: Client, etrade_server: McpServer, fake: FakeETrade
@@ -280,3 +295,35 @@ def test_deleting_the_connection_revokes_the_token_at_etrade(
     connection = BrokerConnection.objects.get(pk=done["id"])
     assert connection.status == BrokerConnection.Status.REVOKED
     assert connection.credentials_ciphertext == ""
+
+
+def test_the_renewal_task_keeps_an_idle_token_alive_and_retires_it_at_midnight(
+    client: Client, fake: FakeETrade
+) -> None:
+    user = make_user(make_platform("Acme"), "hana")
+    done = connect(client, user)
+    connection = BrokerConnection.objects.get(pk=done["id"])
+    renews_before = fake.calls["oauth.renew_access_token"]
+    tasks.renew_broker_tokens.apply().get()
+    assert fake.calls["oauth.renew_access_token"] == renews_before  # fresh: nothing to do
+
+    idle = timezone.now() + timedelta(minutes=91)
+    fake.advance(91 * 60)
+    try:
+        with time_machine.travel(idle, tick=False):
+            tasks.renew_broker_tokens.apply().get()
+            tasks.renew_broker_tokens.apply().get()  # renewed already: one upstream call
+        assert fake.calls["oauth.renew_access_token"] == renews_before + 1
+        connection.refresh_from_db()
+        assert connection.status == BrokerConnection.Status.ACTIVE
+        assert connection.token_renewed_at is not None
+
+        assert connection.token_expires_at is not None
+        past_midnight = connection.token_expires_at + timedelta(minutes=1)
+        with time_machine.travel(past_midnight, tick=False):
+            tasks.renew_broker_tokens.apply().get()
+        connection.refresh_from_db()
+        assert connection.status == BrokerConnection.Status.NEEDS_REAUTH
+        assert fake.calls["oauth.renew_access_token"] == renews_before + 1
+    finally:
+        fake.advance(-91 * 60)
