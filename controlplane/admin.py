@@ -189,8 +189,17 @@ class EndUserAdmin(AuditedModelAdmin[EndUser]):
         messages.success(request, f"{revoked} token(s) revoked.")
 
 
+class ConnectionActionForm(ActionForm):
+    verifier = forms.CharField(
+        required=False,
+        max_length=64,
+        widget=forms.TextInput(attrs={"placeholder": "verifier (to complete)"}),
+    )
+
+
 @admin.register(BrokerConnection)
 class BrokerConnectionAdmin(AuditedModelAdmin[BrokerConnection]):
+    action_form = ConnectionActionForm
     list_display = [
         "id",
         "end_user",
@@ -221,7 +230,13 @@ class BrokerConnectionAdmin(AuditedModelAdmin[BrokerConnection]):
         "updated_at",
     )
     fields = readonly_fields
-    actions = ["grant_trading", "revoke_trading", "revoke_connection"]
+    actions = [
+        "grant_trading",
+        "revoke_trading",
+        "revoke_connection",
+        "reconnect",
+        "complete_authorization",
+    ]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -244,6 +259,48 @@ class BrokerConnectionAdmin(AuditedModelAdmin[BrokerConnection]):
             connections.set_trading_enabled(c, False, actor=operator(request)) for c in queryset
         )
         _report(request, changed, queryset.count(), "Trading revoked")
+
+    @admin.action(description="Reconnect: start a new authorization for the same user and broker")
+    def reconnect(self, request: HttpRequest, queryset: QuerySet[BrokerConnection]) -> None:
+        for old in queryset.select_related("end_user"):
+            try:
+                started = connections.start_connection(
+                    old.end_user,
+                    broker=old.broker,
+                    environment=old.environment,
+                    trading_requested=old.trading_requested,
+                    actor=operator(request),
+                )
+            except ControlPlaneError as exc:
+                messages.error(request, f"{old.pk}: {exc.code}: {exc.message}")
+                continue
+            if started.authorization is None:
+                messages.success(request, f"New connection {started.connection.pk} is active.")
+            else:
+                messages.success(
+                    request,
+                    f"New connection {started.connection.pk}: send the person to "
+                    f"{started.authorization.authorize_url} (valid until "
+                    f"{started.authorization.expires_at:%H:%M:%S} UTC), then complete it "
+                    "with the verifier they are shown.",
+                )
+
+    @admin.action(description="Complete authorization with the verifier")
+    def complete_authorization(
+        self, request: HttpRequest, queryset: QuerySet[BrokerConnection]
+    ) -> None:
+        verifier = request.POST.get("verifier", "").strip()
+        if not verifier or queryset.count() != 1:
+            messages.error(request, "Select one connection and enter its verifier.")
+            return
+        try:
+            done = connections.complete_connection(
+                queryset.get(), verifier, actor=operator(request)
+            )
+        except ControlPlaneError as exc:
+            messages.error(request, f"{exc.code}: {exc.message}")
+            return
+        messages.success(request, f"Connection {done.pk} is {done.status}.")
 
     @admin.action(description="Revoke connection (wipes its credentials)")
     def revoke_connection(self, request: HttpRequest, queryset: QuerySet[BrokerConnection]) -> None:

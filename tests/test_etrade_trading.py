@@ -327,3 +327,35 @@ def test_the_renewal_task_keeps_an_idle_token_alive_and_retires_it_at_midnight(
         assert fake.calls["oauth.renew_access_token"] == renews_before + 1
     finally:
         fake.advance(-91 * 60)
+
+
+def test_an_operator_reconnects_and_completes_in_the_admin(
+    client: Client, fake: FakeETrade
+) -> None:
+    from django.contrib.auth.models import User
+
+    User.objects.create_superuser("ops", "ops@example.com", "correct horse battery")
+    browser = Client()
+    browser.login(username="ops", password="correct horse battery")
+    user = make_user(make_platform("Acme"), "ivan")
+    old = BrokerConnection.objects.get(pk=connect(client, user)["id"])
+    url = "/admin/controlplane/brokerconnection/"
+
+    started = browser.post(
+        url, {"action": "reconnect", "_selected_action": [old.pk]}, follow=True
+    ).content.decode()
+    new = BrokerConnection.objects.filter(end_user=user.user).exclude(pk=old.pk).get()
+    assert new.status == BrokerConnection.Status.PENDING_AUTHORIZATION
+    assert f"{fake.authorize_url}?key=" in started
+    request_token = new.get_credentials()["request_token"]
+    verifier = fake.approve(request_token, user=user.user_id)
+
+    browser.post(
+        url,
+        {"action": "complete_authorization", "_selected_action": [new.pk], "verifier": verifier},
+    )
+    new.refresh_from_db()
+    assert new.status == BrokerConnection.Status.ACTIVE
+    assert AuditEvent.objects.filter(
+        action="connection.authorized", actor_id="ops", target=f"connection:{new.pk}"
+    ).exists()
